@@ -1,0 +1,218 @@
+"""The one door to the compiled core (``aigxctl._core``).
+
+Everything that reaches C++ passes through here: inputs are validated (finite, non-negative
+gains, positive power and noise), made C-contiguous in float32/float64, and dispatched to the CPU
+thread pool or, for CUDA tensors, to the CUDA kernels on PyTorch's current stream. A tensor on a
+GPU that the core cannot use (built without CUDA, no driver) is computed on the CPU and copied
+back, so callers never need to know how the core was built. Torch is imported only when a torch
+tensor is passed, which keeps the NumPy-only paths (and the CLI's start-up) light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from aigxctl import _core
+from aigxctl.errors import InvalidGains, UserError
+
+Array = Any  # a NumPy array or a torch tensor
+
+__all__ = [
+    "build_info",
+    "check_gains",
+    "num_threads",
+    "set_num_threads",
+    "sum_rate",
+    "waterfill",
+]
+
+
+def build_info() -> dict[str, Any]:
+    """How the core was built and what it sees: CUDA kernels compiled, GPUs usable, threads."""
+    return {
+        "cuda_built": bool(_core.cuda_built()),
+        "cuda_devices": int(_core.cuda_device_count()),
+        "threads": int(_core.num_threads()),
+    }
+
+
+def num_threads() -> int:
+    """Threads of the core's CPU pool (the calling thread included)."""
+    return int(_core.num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Resize the core's CPU pool; ``n`` counts the calling thread, so 1 means no workers."""
+    if n < 1:
+        raise UserError(f"threads must be >= 1, got {n}")
+    _core.set_num_threads(int(n))
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_gains(gains: np.ndarray) -> None:
+    """Raise InvalidGains at the first NaN, infinite or negative entry of a 2-D array."""
+    bad = ~np.isfinite(gains) | (gains < 0)
+    if not bad.any():
+        return
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    value = float(gains[row, col])
+    reason = "gains must be finite" if not np.isfinite(value) else "gains must be >= 0"
+    raise InvalidGains(row, col, value, reason)
+
+
+def _power_array(total_power: Any, rows: int, lead_shape: tuple[int, ...]) -> np.ndarray:
+    """Total power as float64 [1] (one for all rows) or [rows] (one per row), validated."""
+    if _is_torch(total_power):
+        total_power = total_power.detach().cpu().numpy()
+    p = np.asarray(total_power, dtype=np.float64)
+    if p.ndim == 0 or p.size == 1:
+        p = p.reshape(1)
+    elif p.shape == lead_shape:
+        p = np.ascontiguousarray(p.reshape(rows))
+    else:
+        raise UserError(
+            f"total_power must be a scalar or have the gains' leading shape {lead_shape}, "
+            f"got shape {p.shape}"
+        )
+    bad = ~np.isfinite(p) | (p <= 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UserError(f"total_power must be finite and > 0, got {p[i]!r} (row {i})")
+    return p
+
+
+def _as_rows(gains: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """View gains [..., M] as C-contiguous float32/float64 [rows, M]."""
+    if gains.ndim == 0:
+        raise UserError("gains must have at least one dimension (the channels)")
+    if gains.shape[-1] == 0:
+        raise UserError("gains must have at least one channel")
+    if gains.dtype not in (np.float32, np.float64):
+        gains = gains.astype(np.float32 if np.issubdtype(gains.dtype, np.floating) else np.float64)
+    lead = gains.shape[:-1]
+    return np.ascontiguousarray(gains.reshape(-1, gains.shape[-1])), lead
+
+
+def _waterfill_numpy(gains: np.ndarray, total_power: Any, noise: float) -> tuple[np.ndarray, ...]:
+    rows2d, lead = _as_rows(gains)
+    p = _power_array(total_power, rows2d.shape[0], lead)
+    power, level = _core.waterfill(rows2d, p, noise)
+    # The core validates as it goes: a row with a NaN, infinite or negative gain gets level NaN.
+    if np.isnan(level).any():
+        check_gains(rows2d)
+    return power.reshape(gains.shape), level.reshape(lead)
+
+
+def _torch_cuda_usable(t: Any) -> bool:
+    return t.is_cuda and _core.cuda_built() and _core.cuda_device_count() > 0
+
+
+def _waterfill_torch(gains: Any, total_power: Any, noise: float) -> tuple[Any, Any]:
+    import torch
+
+    if gains.dtype not in (torch.float32, torch.float64) or not _torch_cuda_usable(gains):
+        host = gains.detach().cpu()
+        work = (
+            host.numpy() if host.dtype in (torch.float32, torch.float64) else host.double().numpy()
+        )
+        power, level = _waterfill_numpy(work, total_power, noise)
+        out_dtype = gains.dtype if gains.dtype.is_floating_point else torch.float64
+        return (
+            torch.from_numpy(power).to(device=gains.device, dtype=out_dtype),
+            torch.from_numpy(level).to(device=gains.device),
+        )
+
+    g = gains.detach().reshape(-1, gains.shape[-1]).contiguous()
+    lead = tuple(gains.shape[:-1])
+    p = torch.from_numpy(_power_array(total_power, g.shape[0], lead)).to(g.device)
+    power = torch.empty_like(g)
+    level = torch.empty(g.shape[0], dtype=torch.float64, device=g.device)
+    with torch.cuda.device(g.device):
+        _core.waterfill_cuda(
+            0 if g.dtype == torch.float32 else 1,
+            g.data_ptr(),
+            power.data_ptr(),
+            level.data_ptr(),
+            p.data_ptr(),
+            p.numel() != 1,
+            g.shape[0],
+            g.shape[1],
+            noise,
+            torch.cuda.current_stream(g.device).cuda_stream,
+        )
+    if bool(torch.isnan(level).any()):  # invalid gains in some row (see _waterfill_numpy)
+        check_gains(g.cpu().numpy())
+    return power.reshape(gains.shape), level.reshape(lead)
+
+
+def waterfill(
+    gains: Array, total_power: Any, noise: float = 1.0, *, return_level: bool = False
+) -> Array | tuple[Array, Array]:
+    """Exact water-filling power allocation.
+
+    Args:
+        gains: channel power gains ``[..., M]`` (NumPy array or torch tensor, CPU or CUDA),
+            finite and >= 0. A zero gain gets zero power; an all-zero row gets all zeros.
+        total_power: the power budget P > 0, a scalar or one per row (shape ``[...]``).
+        noise: the noise power sigma^2 > 0.
+        return_level: also return the water level mu ``[...]`` (float64).
+
+    Returns:
+        The powers ``[..., M]``, same type, dtype and device as ``gains`` (float64 for integer
+        gains): ``p_n = max(0, mu - noise / g_n)`` with ``sum_n p_n = P``.
+    """
+    noise = _check_positive("noise", noise)
+    if _is_torch(gains):
+        power, level = _waterfill_torch(gains, total_power, noise)
+    else:
+        power, level = _waterfill_numpy(np.asarray(gains), total_power, noise)
+    return (power, level) if return_level else power
+
+
+def sum_rate(gains: Array, power: Array, noise: float = 1.0) -> Array:
+    """Sum rate ``sum_n log2(1 + g_n p_n / noise)`` in bits/s/Hz, shape ``[...]`` (float64).
+
+    ``gains`` and ``power`` have the same shape ``[..., M]``; torch tensors give a tensor on the
+    same device.
+    """
+    noise = _check_positive("noise", noise)
+    if _is_torch(gains):
+        import torch
+
+        if _torch_cuda_usable(gains) and gains.dtype in (torch.float32, torch.float64):
+            g = gains.detach().reshape(-1, gains.shape[-1]).contiguous()
+            p = power.detach().to(g.dtype).reshape(g.shape).contiguous()
+            rate = torch.empty(g.shape[0], dtype=torch.float64, device=g.device)
+            with torch.cuda.device(g.device):
+                _core.sum_rate_cuda(
+                    0 if g.dtype == torch.float32 else 1,
+                    g.data_ptr(),
+                    p.data_ptr(),
+                    rate.data_ptr(),
+                    g.shape[0],
+                    g.shape[1],
+                    noise,
+                    torch.cuda.current_stream(g.device).cuda_stream,
+                )
+            return rate.reshape(gains.shape[:-1])
+        rate = sum_rate(gains.detach().cpu().numpy(), power.detach().cpu().numpy(), noise)
+        return torch.from_numpy(np.asarray(rate)).to(gains.device)
+
+    g, lead = _as_rows(np.asarray(gains))
+    p = np.asarray(power)
+    if p.shape != np.asarray(gains).shape:
+        raise UserError(f"power must have the shape of gains {g.shape}, got {p.shape}")
+    p = np.ascontiguousarray(p.reshape(g.shape), dtype=g.dtype)
+    return _core.sum_rate(g, p, noise).reshape(lead)
