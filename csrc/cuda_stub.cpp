@@ -18,3 +18,16 @@ void sum_rate_cuda(int, const void*, const void*, double*, int64_t, int, double,
 }
 
 }  // namespace aigx
+
+namespace aigx {
+
+void fused_sample_cuda(const FusedSpec&, const float*, const float*, const double*, bool,
+                       const float*, uint64_t, int, float*, std::uintptr_t) {
+  throw std::runtime_error("aigxctl._core was built without CUDA");
+}
+void denoise_step_cuda(float*, const float*, const float*, const float*, int64_t, int, int,
+                       std::uintptr_t) {
+  throw std::runtime_error("aigxctl._core was built without CUDA");
+}
+
+}  // namespace aigx

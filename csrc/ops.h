@@ -28,4 +28,30 @@ void waterfill_cuda(int dtype, const void* gains, void* power, double* level,
 void sum_rate_cuda(int dtype, const void* gains, const void* power, double* rate, int64_t rows,
                    int m, double noise, std::uintptr_t stream);
 
+// Fused sampler over a packed MLP denoiser (layout: denoise.h, PackLayout). `noise` is
+// [steps + 1, rows_total, m] float32 or null (then Philox normals from `seed`); `total_power` is
+// [1] or [rows_total]; `power` receives [rows_total, m] float32 allocations.
+struct FusedSpec {
+  int m;
+  int hidden;
+  int steps;
+  int pred;  // Prediction
+  int64_t rows_total;
+};
+
+void fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
+                      const double* total_power, bool per_row_power, const float* noise,
+                      uint64_t seed, int mode, float* power);
+// Same, all pointers on the device, launched on `stream`.
+void fused_sample_cuda(const FusedSpec& spec, const float* pack, const float* gains,
+                       const double* total_power, bool per_row_power, const float* noise,
+                       uint64_t seed, int mode, float* power, std::uintptr_t stream);
+
+// One reverse step for a whole batch x [n] (any denoiser): x <- step_update(x, out, z) with the
+// step's constants (9 floats, StepConsts order); z may be null (no noise).
+void denoise_step_cpu(float* x, const float* out, const float* z, const float* consts, int64_t n,
+                      int pred, int mode);
+void denoise_step_cuda(float* x, const float* out, const float* z, const float* consts, int64_t n,
+                       int pred, int mode, std::uintptr_t stream);
+
 }  // namespace aigx

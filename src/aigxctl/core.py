@@ -22,7 +22,14 @@ Array = Any  # a NumPy array or a torch tensor
 __all__ = [
     "build_info",
     "check_gains",
+    "denoise_step",
+    "fused_sample",
+    "fused_sample_cuda",
+    "is_cuda_tensor",
+    "is_torch",
     "num_threads",
+    "pack_layout",
+    "philox_normals",
     "set_num_threads",
     "sum_rate",
     "waterfill",
@@ -50,8 +57,14 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(int(n))
 
 
-def _is_torch(x: object) -> bool:
+def is_torch(x: object) -> bool:
+    """True for a torch tensor (checked without importing torch)."""
     return type(x).__module__.split(".")[0] == "torch"
+
+
+def is_cuda_tensor(x: object) -> bool:
+    """True for a torch tensor on a GPU that the core's CUDA kernels can use."""
+    return is_torch(x) and x.is_cuda and _core.cuda_built() and _core.cuda_device_count() > 0
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -74,7 +87,7 @@ def check_gains(gains: np.ndarray) -> None:
 
 def _power_array(total_power: Any, rows: int, lead_shape: tuple[int, ...]) -> np.ndarray:
     """Total power as float64 [1] (one for all rows) or [rows] (one per row), validated."""
-    if _is_torch(total_power):
+    if is_torch(total_power):
         total_power = total_power.detach().cpu().numpy()
     p = np.asarray(total_power, dtype=np.float64)
     if p.ndim == 0 or p.size == 1:
@@ -115,14 +128,10 @@ def _waterfill_numpy(gains: np.ndarray, total_power: Any, noise: float) -> tuple
     return power.reshape(gains.shape), level.reshape(lead)
 
 
-def _torch_cuda_usable(t: Any) -> bool:
-    return t.is_cuda and _core.cuda_built() and _core.cuda_device_count() > 0
-
-
 def _waterfill_torch(gains: Any, total_power: Any, noise: float) -> tuple[Any, Any]:
     import torch
 
-    if gains.dtype not in (torch.float32, torch.float64) or not _torch_cuda_usable(gains):
+    if gains.dtype not in (torch.float32, torch.float64) or not is_cuda_tensor(gains):
         host = gains.detach().cpu()
         work = (
             host.numpy() if host.dtype in (torch.float32, torch.float64) else host.double().numpy()
@@ -174,7 +183,7 @@ def waterfill(
         gains): ``p_n = max(0, mu - noise / g_n)`` with ``sum_n p_n = P``.
     """
     noise = _check_positive("noise", noise)
-    if _is_torch(gains):
+    if is_torch(gains):
         power, level = _waterfill_torch(gains, total_power, noise)
     else:
         power, level = _waterfill_numpy(np.asarray(gains), total_power, noise)
@@ -188,10 +197,10 @@ def sum_rate(gains: Array, power: Array, noise: float = 1.0) -> Array:
     same device.
     """
     noise = _check_positive("noise", noise)
-    if _is_torch(gains):
+    if is_torch(gains):
         import torch
 
-        if _torch_cuda_usable(gains) and gains.dtype in (torch.float32, torch.float64):
+        if is_cuda_tensor(gains) and gains.dtype in (torch.float32, torch.float64):
             g = gains.detach().reshape(-1, gains.shape[-1]).contiguous()
             p = power.detach().to(g.dtype).reshape(g.shape).contiguous()
             rate = torch.empty(g.shape[0], dtype=torch.float64, device=g.device)
@@ -216,3 +225,103 @@ def sum_rate(gains: Array, power: Array, noise: float = 1.0) -> Array:
         raise UserError(f"power must have the shape of gains {g.shape}, got {p.shape}")
     p = np.ascontiguousarray(p.reshape(g.shape), dtype=g.dtype)
     return _core.sum_rate(g, p, noise).reshape(lead)
+
+
+# --- fused diffusion sampling (see aigxctl.fused for the packing) ---------------------------
+
+
+def pack_layout(m: int, hidden: int, steps: int) -> dict[str, int]:
+    """Offsets (in floats) of each tensor in a packed fused-sampler buffer, plus ``total``."""
+    return dict(_core.pack_layout(m, hidden, steps))
+
+
+def _power_for_rows(total_power: Any, rows: int) -> np.ndarray:
+    return _power_array(total_power, rows, (rows,))
+
+
+def fused_sample(
+    pack: np.ndarray,
+    m: int,
+    hidden: int,
+    steps: int,
+    pred: int,
+    gains: np.ndarray,
+    total_power: Any,
+    noise: np.ndarray | None,
+    seed: int,
+    mode: int,
+) -> np.ndarray:
+    """CPU fused reverse diffusion: raw gains ``[B, M]`` -> allocations float32 ``[B, M]``
+    (each row sums to its P). ``noise`` is ``[T+1, B, M]``, or None to draw Philox normals from
+    ``seed`` (the same numbers the CUDA kernel draws)."""
+    g = np.ascontiguousarray(gains, dtype=np.float32)
+    if g.ndim != 2 or g.shape[1] != m:
+        raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
+    p = _power_for_rows(total_power, g.shape[0])
+    z = None if noise is None else np.ascontiguousarray(noise, dtype=np.float32)
+    power = _core.fused_sample(pack, m, hidden, steps, pred, g, p, z, int(seed), mode)
+    if np.isnan(power).any():  # the core flags rows with invalid gains
+        check_gains(g)
+    return power
+
+
+def fused_sample_cuda(
+    pack: Any,
+    m: int,
+    hidden: int,
+    steps: int,
+    pred: int,
+    gains: Any,
+    total_power: Any,
+    noise: Any,
+    seed: int,
+    mode: int,
+) -> Any:
+    """CUDA fused reverse diffusion on torch tensors (same device as ``pack``), on PyTorch's
+    current stream; ``noise`` None draws Philox normals from ``seed`` in the kernel."""
+    import torch
+
+    g = gains.detach().to(torch.float32).contiguous()
+    if g.ndim != 2 or g.shape[1] != m:
+        raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
+    rows = g.shape[0]
+    p = torch.from_numpy(_power_for_rows(total_power, rows)).to(g.device)
+    z = None if noise is None else noise.detach().to(g.device, torch.float32).contiguous()
+    out = torch.empty_like(g)
+    with torch.cuda.device(g.device):
+        _core.fused_sample_cuda(
+            pack.data_ptr(), m, hidden, steps, pred, g.data_ptr(), rows, p.data_ptr(),
+            p.numel() != 1, 0 if z is None else z.data_ptr(), int(seed), mode, out.data_ptr(),
+            torch.cuda.current_stream(g.device).cuda_stream,
+        )  # fmt: skip
+    if bool(torch.isnan(out).any()):  # the kernel flags rows with invalid gains
+        check_gains(g.cpu().numpy())
+    return out
+
+
+def denoise_step(x: Any, out: Any, z: Any, consts: np.ndarray, pred: int, mode: int) -> None:
+    """One reverse step in place, ``x <- update(x, out, z)``, for any denoiser's output (float32
+    NumPy arrays, or torch tensors on the CPU or a GPU). ``z`` may be None (no noise)."""
+    consts = np.ascontiguousarray(consts, dtype=np.float32).reshape(9)
+    if is_cuda_tensor(x):
+        import torch
+
+        c = torch.from_numpy(consts).to(x.device)
+        with torch.cuda.device(x.device):
+            _core.denoise_step_cuda(
+                x.data_ptr(), out.contiguous().data_ptr(), 0 if z is None else z.data_ptr(),
+                c.data_ptr(), x.numel(), pred, mode,
+                torch.cuda.current_stream(x.device).cuda_stream,
+            )  # fmt: skip
+        return
+    xs = x.numpy() if is_torch(x) else x
+    outs = out.detach().numpy() if is_torch(out) else out
+    zs = z.numpy() if is_torch(z) else z
+    _core.denoise_step(xs.reshape(-1), outs.reshape(-1), None if zs is None else zs.reshape(-1),
+                       consts, pred, mode)  # fmt: skip
+
+
+def philox_normals(seed: int, rows: int, slots: int, m: int) -> np.ndarray:
+    """The standard normals the CUDA sampler draws without given noise, ``[slots, rows, M]``
+    (computed on the CPU by the same code, so CPU tests cover the GPU's RNG)."""
+    return _core.philox_normals(int(seed), int(rows), int(slots), int(m))
