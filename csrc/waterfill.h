@@ -25,36 +25,64 @@
 
 namespace aigx {
 
-// Water-fills one row of `m` gains into `p` (which doubles as scratch for a_n = s2 / g_n).
-// Returns the water level mu (0 for a row with no usable channel, which gets all zeros).
-namespace detail {
-// One sweep of the active-set iteration over d_n = a_n - a_min: returns sum_{d < bound} d and
-// sets k = |{d < bound}|. Branch-free: sum_{d < bound} d = sum_n min(d_n, bound) - (m - k) bound.
-// A data-dependent branch here mispredicts about half the time and costs more than the sweep;
-// the subtraction loses at most ~m ulps of `bound` (<= P), far below P's own resolution. Two
-// accumulators halve the add latency chain.
-template <typename T>
-AIGX_HD double active_sum(const T* a, int m, double a_min, double bound, int& k) {
-  double c0 = 0.0, c1 = 0.0;
-  int k0 = 0, k1 = 0;
-  int n = 0;
-  for (; n + 1 < m; n += 2) {
-    const double d0 = static_cast<double>(a[n]) - a_min;
-    const double d1 = static_cast<double>(a[n + 1]) - a_min;
-    c0 += d0 < bound ? d0 : bound;
-    c1 += d1 < bound ? d1 : bound;
-    k0 += static_cast<int>(d0 < bound);
-    k1 += static_cast<int>(d1 < bound);
+// Lane traits: the level iteration below runs on one row (V = double: the CUDA kernel and the
+// CPU's leftover rows) or on several rows at once (V = a GCC vector of doubles, one row per lane:
+// the CPU's main loop, waterfill_cpu.cpp). Only the operations that differ are here; each maps
+// to a branch-free instruction (minsd / cmpltsd / ... or their packed forms).
+template <typename V>
+struct Lanes;
+
+template <>
+struct Lanes<double> {
+  using Count = int;
+  static AIGX_HD double splat(double x) { return x; }
+  static AIGX_HD double min(double a, double b) { return a < b ? a : b; }
+  static AIGX_HD int less(double a, double b) { return a < b ? 1 : 0; }
+  static AIGX_HD double to_value(int k) { return static_cast<double>(k); }
+  static AIGX_HD bool any_differ(int a, int b) { return a != b; }
+  static AIGX_HD double select_differ(int a, int b, double x, double y) { return a != b ? x : y; }
+};
+
+// The water level above a_min, w = mu - a_min, for rows whose a_n = s2 / g_n (+inf where
+// g_n = 0) are a[0..m), and whose smallest a_n is a_min. Lanes are independent: a lane stops
+// changing once its active set is stable, so every lane gets bit for bit what it would get alone.
+//
+// Each sweep is branch-free: sum_{d < w} d = sum_n min(d_n, w) - (m - k) w with k = |{d < w}|.
+// A data-dependent branch there mispredicts about half the time and costs more than the sweep;
+// the subtraction loses at most ~m ulps of w (<= P), far below P's own resolution. Two
+// accumulators halve the add latency chain. The optimum has w <= P (all power on the best
+// channel is the highest level possible), so the first active set is {d_n < P}.
+template <typename V, typename A>
+AIGX_HD V water_level(const A* a, int m, V a_min, V total_power) {
+  using L = Lanes<V>;
+  using Count = typename L::Count;
+  V w = total_power;
+  Count active = Count() - 1;  // no set yet
+  for (;;) {
+    V c0 = L::splat(0.0), c1 = L::splat(0.0);
+    Count k0 = Count(), k1 = Count();
+    int n = 0;
+    for (; n + 1 < m; n += 2) {
+      const V d0 = static_cast<V>(a[n]) - a_min;
+      const V d1 = static_cast<V>(a[n + 1]) - a_min;
+      c0 += L::min(d0, w);
+      c1 += L::min(d1, w);
+      k0 += L::less(d0, w);
+      k1 += L::less(d1, w);
+    }
+    if (n < m) {
+      const V d = static_cast<V>(a[n]) - a_min;
+      c0 += L::min(d, w);
+      k0 += L::less(d, w);
+    }
+    const Count k = k0 + k1;
+    if (!L::any_differ(k, active)) return w;  // nothing dropped since the last level: final
+    const V kv = L::to_value(k);
+    const V sum_d = (c0 + c1) - (L::splat(static_cast<double>(m)) - kv) * w;
+    w = L::select_differ(k, active, (total_power + sum_d) / kv, w);
+    active = k;
   }
-  if (n < m) {
-    const double d = static_cast<double>(a[n]) - a_min;
-    c0 += d < bound ? d : bound;
-    k0 += static_cast<int>(d < bound);
-  }
-  k = k0 + k1;
-  return (c0 + c1) - (m - k) * bound;
 }
-}  // namespace detail
 
 // Water-fills one row of `m` gains into `p` (which doubles as scratch for a_n = s2 / g_n).
 // Returns the water level mu: 0 for a row with no usable channel (all powers 0), and NaN for a
@@ -82,17 +110,7 @@ AIGX_HD double waterfill_row(const T* g, T* p, int m, double total_power, double
     const double q = noise / gd;  // unconditional, so the select is branch-free
     p[n] = static_cast<T>(gd > 0.0 ? q : inf);  // +inf: never gets power
   }
-  // Work with d_n = a_n - a_min and w = mu - a_min. The optimum has w <= P (all power on the
-  // best channel is the highest level possible), so the first active set is {d_n < P}.
-  double w = total_power;
-  int active = -1;
-  for (;;) {
-    int k = 0;
-    const double sum_d = detail::active_sum(p, m, a_min, w, k);
-    if (k == active) break;  // nothing dropped since the last level: w is final
-    active = k;
-    w = (total_power + sum_d) / k;
-  }
+  const double w = water_level<double>(p, m, a_min, total_power);
   for (int n = 0; n < m; ++n) {
     const double pn = w - (static_cast<double>(p[n]) - a_min);  // -inf for unusable channels
     p[n] = static_cast<T>(pn > 0.0 ? pn : 0.0);
