@@ -30,6 +30,7 @@ __all__ = [
     "num_threads",
     "pack_layout",
     "philox_normals",
+    "power_rows",
     "set_num_threads",
     "sum_rate",
     "waterfill",
@@ -235,8 +236,9 @@ def pack_layout(m: int, hidden: int, steps: int) -> dict[str, int]:
     return dict(_core.pack_layout(m, hidden, steps))
 
 
-def _power_for_rows(total_power: Any, rows: int) -> np.ndarray:
-    return _power_array(total_power, rows, (rows,))
+def power_rows(total_power: Any, rows: int) -> np.ndarray:
+    """The power budget of each of ``rows`` rows, float64 ``[rows]``, validated (> 0, finite)."""
+    return np.broadcast_to(_power_array(total_power, rows, (rows,)), (rows,)).copy()
 
 
 def fused_sample(
@@ -257,7 +259,7 @@ def fused_sample(
     g = np.ascontiguousarray(gains, dtype=np.float32)
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
-    p = _power_for_rows(total_power, g.shape[0])
+    p = power_rows(total_power, g.shape[0])
     z = None if noise is None else np.ascontiguousarray(noise, dtype=np.float32)
     power = _core.fused_sample(pack, m, hidden, steps, pred, g, p, z, int(seed), mode)
     if np.isnan(power).any():  # the core flags rows with invalid gains
@@ -285,7 +287,7 @@ def fused_sample_cuda(
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
     rows = g.shape[0]
-    p = torch.from_numpy(_power_for_rows(total_power, rows)).to(g.device)
+    p = torch.from_numpy(power_rows(total_power, rows)).to(g.device)
     z = None if noise is None else noise.detach().to(g.device, torch.float32).contiguous()
     out = torch.empty_like(g)
     with torch.cuda.device(g.device):

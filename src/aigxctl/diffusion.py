@@ -1,0 +1,156 @@
+"""The diffusion process: noise schedules, the training loss, and the plain PyTorch sampler.
+
+``sample_reference`` is the reference implementation of the reverse process; the fused compiled
+sampler (aigxctl.fused) must return the same numbers given the same noise, and the tests check
+it. Noise is passed as one tensor ``z [T+1, B, M]``: ``z[0]`` is the start sample and ``z[k+1]``
+the noise of the k-th step taken (step index i = T-1-k; the last step, i = 0, adds none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "MODES",
+    "PREDICTIONS",
+    "SCHEDULES",
+    "Schedule",
+    "loss",
+    "make_betas",
+    "sample_reference",
+]
+
+SCHEDULES = ("vp", "linear", "cosine")
+PREDICTIONS = ("x0", "eps")
+MODES = ("ddim", "ancestral")
+
+
+def make_betas(kind: str, steps: int) -> np.ndarray:
+    """beta_1..beta_T in float64. ``vp`` is the reference's (b_min 0.1, b_max 10)."""
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    if kind == "vp":
+        b_min, b_max = 0.1, 10.0
+        return 1.0 - np.exp(-b_min / steps - 0.5 * (b_max - b_min) * (2 * t - 1) / steps**2)
+    if kind == "linear":
+        return np.linspace(1e-4, 2e-2, steps) if steps > 1 else np.array([2e-2])
+    if kind == "cosine":
+        s = 0.008
+        x = np.linspace(0, steps, steps + 1)
+        abar = np.cos(((x / steps) + s) / (1 + s) * np.pi * 0.5) ** 2
+        abar = abar / abar[0]
+        return np.clip(1 - abar[1:] / abar[:-1], 0, 0.999)
+    raise ValueError(f"unknown schedule {kind!r}; choose from {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class Schedule:
+    """Per-step constants of a schedule as float32 tensors ``[T]`` (computed in float64)."""
+
+    kind: str
+    betas: np.ndarray  # float64, the source of truth
+    sqrt_abar: torch.Tensor
+    sqrt_1m_abar: torch.Tensor
+    sqrt_recip_abar: torch.Tensor
+    sqrt_recipm1_abar: torch.Tensor
+    c1: torch.Tensor
+    c2: torch.Tensor
+    sigma: torch.Tensor
+    sqrt_abar_prev: torch.Tensor
+    sqrt_1m_abar_prev: torch.Tensor
+
+    @classmethod
+    def create(cls, kind: str, steps: int) -> Schedule:
+        betas = make_betas(kind, steps)
+        alphas = 1.0 - betas
+        abar = np.cumprod(alphas)
+        abar_prev = np.concatenate([[1.0], abar[:-1]])
+        post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+
+        def f(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(a, dtype=np.float32))
+
+        return cls(
+            kind=kind,
+            betas=betas,
+            sqrt_abar=f(np.sqrt(abar)),
+            sqrt_1m_abar=f(np.sqrt(1.0 - abar)),
+            sqrt_recip_abar=f(np.sqrt(1.0 / abar)),
+            sqrt_recipm1_abar=f(np.sqrt(1.0 / abar - 1.0)),
+            c1=f(betas * np.sqrt(abar_prev) / (1.0 - abar)),
+            c2=f((1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)),
+            sigma=f(np.exp(0.5 * np.log(np.maximum(post_var, 1e-20)))),
+            sqrt_abar_prev=f(np.sqrt(abar_prev)),
+            sqrt_1m_abar_prev=f(np.sqrt(1.0 - abar_prev)),
+        )
+
+    @property
+    def steps(self) -> int:
+        return len(self.betas)
+
+
+def loss(
+    denoiser: torch.nn.Module,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    pred: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MSE of one training step: noise the expert sample ``x0 [B, M]`` to a random step and
+    regress the output on the clean sample (``x0``) or on the added noise (``eps``)."""
+    b = x0.shape[0]
+    t = torch.randint(0, schedule.steps, (b,), device=x0.device, generator=generator)
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+    sa = schedule.sqrt_abar.to(x0.device)[t, None]
+    s1m = schedule.sqrt_1m_abar.to(x0.device)[t, None]
+    xt = sa * x0 + s1m * eps
+    out = denoiser(xt, t.to(x0.dtype), cond)
+    return torch.nn.functional.mse_loss(out, x0 if pred == "x0" else eps)
+
+
+@torch.no_grad()
+def sample_reference(
+    denoiser: torch.nn.Module,
+    schedule: Schedule,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    pred: str,
+    mode: str,
+) -> torch.Tensor:
+    """The reverse process in plain PyTorch: normalised condition ``[B, M]`` and noise
+    ``[T+1, B, M]`` -> the sample x ``[B, M]`` (an allocation fraction up to sign and scale)."""
+    steps = schedule.steps
+    if noise.shape[0] != steps + 1:
+        raise ValueError(f"noise must be [T+1, B, M] with T = {steps}, got {list(noise.shape)}")
+    dev = cond.device
+    s = {k: getattr(schedule, k).to(dev) for k in (
+        "sqrt_recip_abar", "sqrt_recipm1_abar", "c1", "c2", "sigma", "sqrt_abar",
+        "sqrt_1m_abar", "sqrt_abar_prev", "sqrt_1m_abar_prev")}  # fmt: skip
+    x = noise[0]
+    b = x.shape[0]
+    for k, i in enumerate(reversed(range(steps))):
+        out = denoiser(x, torch.full((b,), float(i), device=dev), cond)
+        x0 = out if pred == "x0" else s["sqrt_recip_abar"][i] * x - s["sqrt_recipm1_abar"][i] * out
+        x0 = x0.clamp(-1.0, 1.0)
+        if mode == "ancestral":
+            mean = s["c1"][i] * x0 + s["c2"][i] * x
+            x = mean + s["sigma"][i] * noise[k + 1] if i > 0 else mean
+        else:  # DDIM, eta = 0: eps recomputed from the clamped x0
+            eps = (x - s["sqrt_abar"][i] * x0) / s["sqrt_1m_abar"][i]
+            x = s["sqrt_abar_prev"][i] * x0 + s["sqrt_1m_abar_prev"][i] * eps
+    return x
+
+
+def to_allocation(x: torch.Tensor, total_power: torch.Tensor | float) -> torch.Tensor:
+    """p = P |x| / sum |x| per row (all-zero rows get the equal split): always feasible."""
+    a = x.abs()
+    s = a.sum(dim=-1, keepdim=True)
+    m = x.shape[-1]
+    safe = torch.where(s > 0, a / s.clamp_min(torch.finfo(x.dtype).tiny), torch.full_like(a, 1 / m))
+    if isinstance(total_power, torch.Tensor) and total_power.ndim == 1:
+        total_power = total_power[:, None]
+    return safe * total_power
