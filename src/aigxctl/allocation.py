@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from aigxctl import core
+from aigxctl.errors import UserError
 
 __all__ = ["METHODS", "Allocation", "allocate", "equal_split", "to_csv", "to_json"]
 
-METHODS = ("waterfill", "equal")
+METHODS = ("waterfill", "equal", "gdm")
 
 
 @dataclass
@@ -37,15 +39,26 @@ def equal_split(gains: np.ndarray, total_power: float) -> np.ndarray:
 
 
 def allocate(
-    gains: np.ndarray, method: str = "waterfill", total_power: float = 0.2, noise: float = 1.0
+    gains: np.ndarray,
+    method: str = "waterfill",
+    total_power: float = 0.2,
+    noise: float = 1.0,
+    *,
+    model: Any = None,
+    **model_kwargs: Any,
 ) -> Allocation:
-    """Allocate ``total_power`` over the channels of each row of ``gains`` [B, M]."""
+    """Allocate ``total_power`` over the channels of each row of ``gains`` [B, M]; ``gdm`` uses
+    ``model`` (from ``load_model``) with ``model_kwargs`` (mode, best_of, seed, backend)."""
     start = time.perf_counter()
     if method == "waterfill":
         power = core.waterfill(gains, total_power, noise)
     elif method == "equal":
         core.check_gains(np.asarray(gains).reshape(-1, gains.shape[-1]))
         power = equal_split(gains, total_power)
+    elif method == "gdm":
+        if model is None:
+            raise UserError("--method gdm needs --model DIR (a model from 'aigxctl train')")
+        power = model.allocate(gains, total_power, **model_kwargs)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     seconds = time.perf_counter() - start

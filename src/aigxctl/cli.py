@@ -36,6 +36,11 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")
+scenarios_app = typer.Typer(
+    help="List the built-in scenarios, or show one (built-in name or TOML file).",
+    invoke_without_command=True,
+)
+app.add_typer(scenarios_app, name="scenarios")
 
 
 def user_errors(fn: F) -> F:
@@ -85,6 +90,21 @@ def positive(name: str, value: float) -> float:
 class Method(str, Enum):
     waterfill = "waterfill"
     equal = "equal"
+    gdm = "gdm"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    fused = "fused"
+    torch = "torch"
+
+
+class SampleMode(str, Enum):
+    ddim = "ddim"
+    ancestral = "ancestral"
+
+
+MODEL_HELP = "A trained model directory (from [bold]aigxctl train[/])."
 
 
 class OutputFormat(str, Enum):
@@ -106,12 +126,47 @@ def allocate(
         ),
     ],
     total_power: Annotated[
-        float, typer.Option("--total-power", "-P", help="Total power budget P per instance.")
-    ] = 0.2,
-    noise: Annotated[float, typer.Option("--noise", help="Noise power sigma^2.")] = 1.0,
+        float | None,
+        typer.Option(
+            "--total-power",
+            "-P",
+            help="Total power budget P per instance [default: 0.2, or the model's P with gdm].",
+            show_default=False,
+        ),
+    ] = None,
+    noise: Annotated[
+        float | None,
+        typer.Option(
+            "--noise",
+            help="Noise power sigma^2 [default: 1, or the model's with gdm].",
+            show_default=False,
+        ),
+    ] = None,
     method: Annotated[
-        Method, typer.Option("--method", "-m", help="waterfill = exact optimum, equal = P/M each.")
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="waterfill = exact optimum, equal = P/M each, gdm = the trained diffusion model.",
+        ),
     ] = Method.waterfill,
+    model: Annotated[Path | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="gdm sampler: fused core, plain PyTorch, or auto.")
+    ] = Backend.auto,
+    mode: Annotated[
+        SampleMode | None,
+        typer.Option(
+            "--mode", help="gdm sampling [default: the model's, ddim].", show_default=False
+        ),
+    ] = None,
+    best_of: Annotated[
+        int | None,
+        typer.Option(
+            "--best-of", help="gdm: keep the best of K samples per row [default: model's]."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="gdm: fix the sampling noise.")] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here instead of stdout (atomic).")
     ] = None,
@@ -125,10 +180,30 @@ def allocate(
     """
     from aigxctl import allocation, files
 
-    positive("--total-power", total_power)
-    positive("--noise", noise)
+    loaded = None
+    if method is Method.gdm:
+        if model is None:
+            raise UserError("--method gdm needs --model DIR (a model from 'aigxctl train')")
+        loaded = _load_model(model)
+    elif model is not None:
+        raise UserError(f"--model is only used with --method gdm (not {method.value})")
+    p = total_power if total_power is not None else (loaded.total_power if loaded else 0.2)
+    s2 = noise if noise is not None else (loaded.noise if loaded else 1.0)
+    positive("--total-power", p)
+    positive("--noise", s2)
+    if best_of is not None and best_of < 1:
+        raise UserError(f"--best-of must be >= 1, got {best_of}")
     g = files.read_gains_csv(gains)
-    result = allocation.allocate(g, method.value, total_power, noise)
+    kwargs = {}
+    if loaded is not None:
+        if g.shape[1] != loaded.m:
+            raise UserError(
+                f"{gains}: rows have {g.shape[1]} gains but the model {model} was trained for "
+                f"M = {loaded.m} channels"
+            )
+        kwargs = {"model": loaded, "backend": backend.value, "best_of": best_of, "seed": seed,
+                  "mode": mode.value if mode else None}  # fmt: skip
+    result = allocation.allocate(g, method.value, p, s2, **kwargs)
     text = allocation.to_csv(result) if fmt is OutputFormat.csv else allocation.to_json(result)
     if out is None:
         sys.stdout.write(text)
@@ -137,16 +212,274 @@ def allocate(
         files.atomic_write_text(out, text)
     rows, m = result.power.shape
     where = f" -> {out}" if out else ""
+    how = method.value
+    if loaded is not None:
+        how += f" ({loaded.backend_for(backend.value)[0]})"
     report.err.print(
-        f"[green]✓[/] {rows} row{'s' if rows != 1 else ''} x M={m}, {method.value}, "
-        f"P={total_power:g}, σ²={noise:g}: mean sum rate "
+        f"[green]✓[/] {rows} row{'s' if rows != 1 else ''} x M={m}, {how}, "
+        f"P={p:g}, σ²={s2:g}: mean sum rate "
         f"[bold]{result.sum_rate.mean():.4f}[/] bit/s/Hz in {result.seconds * 1e3:.2f} ms{where}"
+    )
+
+
+def _load_model(path: Path) -> Any:
+    from aigxctl.checkpoint import load_model
+
+    return load_model(path)
+
+
+@scenarios_app.callback()
+@user_errors
+def scenarios_list(ctx: typer.Context) -> None:
+    """List the built-in scenarios (use [bold]scenarios show NAME|FILE.toml[/] for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from aigxctl import scenarios
+
+    rows = [
+        [name, s.m, f"{s.total_power:g}", f"{s.noise:g}", s.description]
+        for name, s in scenarios.builtin().items()
+    ]
+    report.out.print(report.table("built-in scenarios", ["name", "M", "P", "σ²", "channels"], rows))
+
+
+@scenarios_app.command("show")
+@user_errors
+def scenarios_show(
+    scenario: Annotated[str, typer.Argument(help="A built-in name or a scenario TOML file.")],
+    samples: Annotated[
+        int, typer.Option("--samples", help="Draws for the quick estimate.")
+    ] = 20000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Show a scenario and what there is to win: the optimum's mean sum rate vs equal split."""
+    from aigxctl import scenarios
+
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
+    s = scenarios.get(scenario)
+    est = scenarios.estimate(s, samples, seed)
+    items = {
+        "name": s.name,
+        "description": s.description or "-",
+        "channels M": s.m,
+        "total power P": f"{s.total_power:g}",
+        "noise σ²": f"{s.noise:g}",
+        **{f"group {i + 1}": g.describe() for i, g in enumerate(s.groups)},
+        "mean gain": f"{est['mean_gain']:.4g}",
+        "optimum sum rate": f"{est['optimum_rate']:.4f} bit/s/Hz",
+        "equal-split sum rate": f"{est['equal_rate']:.4f} bit/s/Hz",
+        "optimum over equal": f"[bold]{est['optimum_gain_over_equal']:+.1%}[/] "
+        f"(on {samples:,} draws)",
+    }
+    report.out.print(report.key_values(f"scenario {s.name}", items))
+
+
+class DataFormat(str, Enum):
+    npz = "npz"
+    csv = "csv"
+
+
+@app.command()
+@user_errors
+def collect(
+    scenario: Annotated[
+        str, typer.Option("--scenario", "-s", help="Built-in name (t1, t2) or a TOML file.")
+    ],
+    samples: Annotated[int, typer.Option("--samples", "-n", help="Gain vectors to draw.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset file to write.")],
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same file contents.")] = 0,
+    total_power: Annotated[
+        float | None,
+        typer.Option("--total-power", "-P", help="Override the scenario's P.", show_default=False),
+    ] = None,
+    fmt: Annotated[
+        DataFormat, typer.Option("--format", "-f", help="npz, or csv for spreadsheets.")
+    ] = (DataFormat.npz),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Draw gain vectors from a scenario and label them with the exact water-filling optimum."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from aigxctl import data, scenarios
+
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
+    if total_power is not None:
+        positive("--total-power", total_power)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    s = scenarios.get(scenario)
+    start = time.perf_counter()
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=report.err, transient=True,
+        disable=samples < 200_000,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"collect {s.name}", total=samples)
+        info = data.collect_to_file(
+            s, samples, seed, out, total_power=total_power, csv=fmt is DataFormat.csv,
+            progress=lambda done: bar.update(task, completed=done),
+        )  # fmt: skip
+    secs = time.perf_counter() - start
+    gain = info["expert_rate"] / info["equal_rate"] - 1
+    report.err.print(
+        f"[green]✓[/] {samples:,} samples of {s.name} (M={s.m}, P={info['total_power']:g}, "
+        f"seed {seed}) -> {out} in {secs:.2f} s; expert mean sum rate "
+        f"{info['expert_rate']:.4f} bit/s/Hz ({gain:+.1%} over equal)"
     )
 
 
 @app.command()
 @user_errors
-def info() -> None:
+def train(
+    datasets: Annotated[
+        list[Path],
+        typer.Option("--data", "-d", help="Dataset(s) from [bold]aigxctl collect[/] (repeatable)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+    arch: Annotated[str, typer.Option("--arch", help="gdm (diffusion) or mlp (baseline).")] = "gdm",
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 3000,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size (all processes).")] = 512,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine).")] = 2e-3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Fine-tune from this model (the T3 retraining).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel processes (DDP).")] = 1,
+    pred: Annotated[str, typer.Option("--pred", help="x0 or eps prediction.")] = "x0",
+    schedule: Annotated[str, typer.Option("--schedule", help="vp, linear or cosine.")] = "vp",
+    denoise_steps: Annotated[int, typer.Option("--denoise-steps", help="T.")] = 6,
+    hidden: Annotated[int, typer.Option("--hidden", help="Hidden width.")] = 256,
+    val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps.")] = 250,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard.")] = (
+        False
+    ),
+) -> None:
+    """Train the diffusion model (or the MLP baseline) on expert-labelled datasets."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from aigxctl.train import TrainConfig
+    from aigxctl.train import train as run_train
+
+    cfg = TrainConfig(
+        data=[str(d) for d in datasets], out=str(out), arch=arch, steps=steps, batch=batch, lr=lr,
+        seed=seed, init=str(init) if init else None, resume=resume, device=device, nproc=nproc,
+        pred=pred, schedule=schedule, denoise_steps=denoise_steps, hidden=hidden,
+        val_every=val_every, tensorboard=tensorboard,
+    )  # fmt: skip
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), "{task.fields[status]}", console=report.err, transient=False,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(f"train {arch}", total=steps, status="")
+
+        def progress(step: int, m: dict[str, float]) -> None:
+            status = f"loss {m['loss']:.2e}"
+            if "val_fraction" in m:
+                status += f"  val {m['val_fraction']:.2%} of optimum"
+            bar.update(task, completed=step, status=status)
+
+        try:
+            result = run_train(cfg, progress)
+        except KeyboardInterrupt:
+            report.error(f"interrupted; checkpoint saved to {out}, continue with --resume")
+            raise typer.Exit(130) from None
+    frac = result.get("val_fraction")
+    report.err.print(
+        f"[green]✓[/] {arch} -> {out}: {result['step']} steps on {result['samples']:,} samples in "
+        f"{result['seconds']:.1f} s"
+        + (f", validation [bold]{frac:.2%}[/] of the optimum" if frac is not None else "")
+    )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help=MODEL_HELP)],
+    dataset: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Evaluate on this dataset's gains.")
+    ] = None,
+    scenario: Annotated[
+        str | None, typer.Option("--scenario", "-s", help="...or on fresh draws of a scenario.")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", "-n", help="Draws with --scenario.")] = 10000,
+    seed: Annotated[int, typer.Option("--seed", help="Draws and sampling noise.")] = 12345,
+    baselines: Annotated[
+        str,
+        typer.Option("--baselines", help="Comma-separated: equal, random, mlp:DIR, gdm:DIR."),
+    ] = "equal,random",
+    backend: Annotated[Backend, typer.Option("--backend", help="gdm sampler.")] = Backend.auto,
+    mode: Annotated[SampleMode | None, typer.Option("--mode", show_default=False)] = None,
+    best_of: Annotated[int | None, typer.Option("--best-of", show_default=False)] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Mean sum rate of a model vs the optimum and baselines, % of optimum, gain over equal."""
+    import numpy as np
+
+    from aigxctl import data, scenarios
+    from aigxctl.evaluate import evaluate as run_evaluate
+
+    if (dataset is None) == (scenario is None):
+        raise UserError("give exactly one of --data FILE.npz or --scenario NAME")
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
+    loaded = _load_model(model)
+    if dataset is not None:
+        gains, source = data.load(dataset).gains, str(dataset)
+    else:
+        s = scenarios.get(scenario)
+        gains = np.concatenate(list(scenarios.draw_chunks(s, samples, seed)))
+        source = f"{s.name} ({samples:,} fresh draws, seed {seed})"
+    simple, others = [], {}
+    for item in (b.strip() for b in baselines.split(",") if b.strip()):
+        if ":" in item:
+            name, path = item.split(":", 1)
+            others[name] = _load_model(Path(path))
+        else:
+            simple.append(item)
+    kwargs = {"backend": backend.value, "mode": mode.value if mode else None, "best_of": best_of}
+    res = run_evaluate(loaded, gains, baselines=tuple(simple), others=others, seed=seed, **kwargs)
+    res.update(model=str(model), data=source)
+    if json_out:
+        report.out.print_json(data=res)
+        return
+    opt = res["optimum_rate"]
+    eq = res["equal_rate"]
+    rows = []
+    for key in [k for k in res if k.endswith("_rate")]:
+        name = key[: -len("_rate")]
+        label = {"model": f"{loaded.arch} (this model)"}.get(name, name)
+        rows.append(
+            [label, f"{res[key]:.4f}", f"{res[key] / opt:.2%}", f"{res[key] / eq - 1:+.1%}"]
+        )
+    report.out.print(
+        report.table(
+            f"{model} on {source}: P={res['total_power']:g}, σ²={res['noise']:g}",
+            ["method", "sum rate (bit/s/Hz)", "of optimum", "vs equal"],
+            rows,
+        )
+    )
+    report.out.print(
+        f"{res['decisions_per_s']:,.0f} decisions/s ({res['backend']} backend, "
+        f"{res['samples']:,} samples)"
+    )
+
+
+@app.command()
+@user_errors
+def info(
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Also say which sampler this model uses, and why."),
+    ] = None,
+) -> None:
     """Show the version, how the core was built, the GPUs it sees and its thread count."""
     import platform
 
@@ -166,6 +499,10 @@ def info() -> None:
         "core CPU threads": build["threads"],
         "torch CPU threads": torch.get_num_threads(),
     }
+    if model is not None:
+        loaded = _load_model(model)
+        which, why = loaded.backend_for("auto")
+        items[f"sampler for {model}"] = f"{which}: {why}"
     report.out.print(report.key_values("aigxctl info", items))
 
 

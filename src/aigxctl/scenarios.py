@@ -55,7 +55,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["MODELS", "Group", "Scenario", "builtin", "draw_chunks", "get"]
+__all__ = ["MODELS", "Group", "Scenario", "builtin", "draw_chunks", "estimate", "get"]
 
 # Parameters each model takes (all required), with their lower bounds (exclusive unless noted).
 MODELS: dict[str, tuple[str, ...]] = {
@@ -286,6 +286,22 @@ def get(name_or_path: str | Path) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{key}: not valid TOML ({exc})") from None
     return Scenario.from_dict(data, source=key)
+
+
+def estimate(scenario: Scenario, samples: int = 20000, seed: int = 0) -> dict[str, float]:
+    """Quick look at a scenario: mean gain, and the optimum's and equal split's mean sum rates."""
+    from aigxctl import core
+
+    g = np.concatenate(list(draw_chunks(scenario, samples, seed)))
+    p, s2 = scenario.total_power, scenario.noise
+    opt = float(core.sum_rate(g, core.waterfill(g, p, s2), s2).mean())
+    equal = float(core.sum_rate(g, np.full_like(g, p / scenario.m), s2).mean())
+    return {
+        "mean_gain": float(g.mean()),
+        "optimum_rate": opt,
+        "equal_rate": equal,
+        "optimum_gain_over_equal": opt / equal - 1.0,
+    }
 
 
 def draw_chunks(scenario: Scenario, samples: int, seed: int) -> Iterator[np.ndarray]:
