@@ -36,7 +36,7 @@ def check_kkt(
     g: np.ndarray, p: np.ndarray, mu: np.ndarray, total: float, noise: float, rtol: float
 ):
     """Feasible, one shared level on active channels, inactive channels above the level."""
-    for row, prow, level in zip(g, p, mu):
+    for row, prow, level in zip(g, p, mu, strict=True):
         assert np.all(prow >= 0)
         if not (row > 0).any():
             assert np.all(prow == 0) and level == 0
@@ -72,7 +72,7 @@ def test_kkt_float32(g, total):
 @given(gain_rows, powers, noises)
 def test_agrees_with_sorted_and_bisection_references(g, total, noise):
     p = aigxctl.waterfill(g, total, noise)
-    for row, prow in zip(g, p):
+    for row, prow in zip(g, p, strict=True):
         np.testing.assert_allclose(prow, waterfill_sorted(row, total, noise), rtol=1e-9,
                                    atol=total * 1e-12)  # fmt: skip
         # Bisection works on the absolute level, so it resolves p only to the level's ulps.
@@ -120,7 +120,7 @@ def test_tiny_and_huge_power(total):
     g = np.random.default_rng(1).uniform(1e-3, 10, (50, 24))
     p = aigxctl.waterfill(g, total)
     np.testing.assert_allclose(p.sum(axis=1), total, rtol=1e-9)
-    for row, prow in zip(g, p):
+    for row, prow in zip(g, p, strict=True):
         np.testing.assert_allclose(
             prow, waterfill_sorted(row, total), rtol=1e-7, atol=total * 1e-12
         )
@@ -137,7 +137,7 @@ def test_tiny_nearly_equal_gains_keep_relative_accuracy():
 def test_wide_rows():
     g = np.random.default_rng(2).uniform(0.1, 10, (7, 1024))
     p = aigxctl.waterfill(g, 5.0)
-    for row, prow in zip(g, p):
+    for row, prow in zip(g, p, strict=True):
         np.testing.assert_allclose(prow, waterfill_sorted(row, 5.0), rtol=1e-9, atol=1e-12)
 
 
