@@ -190,7 +190,8 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
     if not path.exists():
         raise UserError(f"{name}: no such dataset file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # Our own handle, so it closes even when NumPy gives up on the file half-way.
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
             missing = [k for k in (*ARRAYS, "meta") if k not in z.files]
             if missing:
                 raise UserError(
@@ -201,7 +202,7 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
             meta_raw = z["meta"]
     except UserError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, TypeError) as exc:
         raise UserError(f"{name}: not a readable .npz dataset ({exc})") from None
     try:
         meta = json.loads(str(meta_raw[()]))
