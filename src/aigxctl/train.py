@@ -182,6 +182,7 @@ def _worker(rank: int, cfg: TrainConfig, port: int, result: Any) -> None:
     out = _run(cfg, rank, cfg.nproc, port, None)
     if rank == 0:
         result.update(out)
+    result[f"rank{rank}_weights_sha256"] = out["weights_sha256"]
 
 
 def _run(
@@ -269,7 +270,7 @@ def _loop(
             writer = _tensorboard(out)
     t0 = time.perf_counter()
     last: dict[str, Any] = {"step": start_step}
-    step = start_step
+    step = completed = start_step
     # The run's metrics.jsonl: an interrupted run's lines carry on, a new run starts afresh.
     lines: list[str] = []
     if cfg.resume and metrics_path.exists():
@@ -281,13 +282,13 @@ def _loop(
             idx = torch.randint(0, len(train_idx), (per_rank,), generator=gen).to(device)
             cond, target = g_all[idx], x_all[idx]
             if isinstance(model, GDM):
-                value = loss(net, model.schedule, target, cond, model.pred)
+                value = loss(net, model.schedule, target, cond, model.pred, generator=gen)
             else:
                 value = torch.nn.functional.mse_loss(net(cond), target)
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
-            done = step + 1
+            done = completed = step + 1
             if rank == 0 and (done % cfg.val_every == 0 or done == cfg.steps):
                 last = {"step": done, "loss": float(value.detach()), "lr": _lr_at(cfg, step),
                         "seconds": time.perf_counter() - t0}  # fmt: skip
@@ -303,7 +304,7 @@ def _loop(
                                                           if k == "val_fraction"}})  # fmt: skip
     except KeyboardInterrupt:
         if rank == 0:
-            _save(model, cfg, prov, last, opt, gen, step, out, lines, interrupted=True)
+            _save(model, cfg, prov, last, opt, gen, completed, out, lines, interrupted=True)
         raise
     if world > 1:
         dist.barrier()
@@ -311,7 +312,18 @@ def _loop(
         _save(model, cfg, prov, last, opt, gen, cfg.steps, out, lines, interrupted=False)
         if writer is not None:
             writer.close()
-    return {**last, "seconds": time.perf_counter() - t0, "samples": int(n)}
+    return {**last, "seconds": time.perf_counter() - t0, "samples": int(n),
+            "weights_sha256": _weights_digest(module)}  # fmt: skip
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    """A digest of the weights, so data-parallel ranks can be checked to agree bit for bit."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in module.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _save(model: Any, cfg: TrainConfig, prov: dict, last: dict, opt: Any, gen: torch.Generator,
