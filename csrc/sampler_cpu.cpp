@@ -33,64 +33,66 @@ void mish_inplace(float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = mish(y[i]);
 }
 
-// R rows of Y = A Wt + bias (+ add_rows): blocks of R x 16 accumulators in GCC vector registers
-// (8 AVX registers for R = 4; the baseline clone splits each into SSE halves). Each k adds one
-// broadcast A value times one row of 16 weights, so weights stream through once per R samples.
+// One block of R rows x 16 columns (from column n0) of Y = A Wt + bias (+ add_rows), with the
+// accumulators in GCC vector registers (8 AVX registers for R = 4; the baseline clone splits each
+// into SSE halves). Each k adds one broadcast A value times a row of 16 weights.
 template <int R>
-__attribute__((always_inline)) inline void dense_rows(const float* a, int k_dim, const float* wt,
-                                                      int n_dim, const float* bias,
-                                                      const float* add_rows, float* y) {
-  int n0 = 0;
-  for (; n0 + kCols <= n_dim; n0 += kCols) {
-    v8f acc[R][2] = {};
-    for (int k = 0; k < k_dim; ++k) {
-      const float* w = wt + static_cast<int64_t>(k) * n_dim + n0;
-      v8f w0, w1;
-      __builtin_memcpy(&w0, w, sizeof(v8f));
-      __builtin_memcpy(&w1, w + 8, sizeof(v8f));
-      for (int r = 0; r < R; ++r) {
-        const float av = a[static_cast<int64_t>(r) * k_dim + k];
-        acc[r][0] += av * w0;
-        acc[r][1] += av * w1;
-      }
-    }
+__attribute__((always_inline)) inline void block(const float* a, int k_dim, const float* wt,
+                                                 int n_dim, int n0, const float* bias,
+                                                 const float* add_rows, float* y) {
+  v8f acc[R][2] = {};
+  for (int k = 0; k < k_dim; ++k) {
+    const float* w = wt + static_cast<int64_t>(k) * n_dim + n0;
+    v8f w0, w1;
+    __builtin_memcpy(&w0, w, sizeof(v8f));
+    __builtin_memcpy(&w1, w + 8, sizeof(v8f));
     for (int r = 0; r < R; ++r) {
-      float* yr = y + static_cast<int64_t>(r) * n_dim + n0;
-      for (int j = 0; j < kCols; ++j) {
-        yr[j] = acc[r][j / 8][j % 8] + bias[n0 + j] +
-                (add_rows ? add_rows[static_cast<int64_t>(r) * n_dim + n0 + j] : 0.0f);
-      }
+      const float av = a[static_cast<int64_t>(r) * k_dim + k];
+      acc[r][0] += av * w0;
+      acc[r][1] += av * w1;
     }
   }
-  // Columns past the last full block (the M-wide output layer, M not a multiple of 16).
-  for (int n = n0; n < n_dim; ++n) {
-    for (int r = 0; r < R; ++r) {
-      float v = 0.0f;
-      for (int k = 0; k < k_dim; ++k)
-        v += a[static_cast<int64_t>(r) * k_dim + k] * wt[static_cast<int64_t>(k) * n_dim + n];
-      y[static_cast<int64_t>(r) * n_dim + n] =
-          v + bias[n] + (add_rows ? add_rows[static_cast<int64_t>(r) * n_dim + n] : 0.0f);
-    }
+  for (int r = 0; r < R; ++r) {
+    float* yr = y + static_cast<int64_t>(r) * n_dim + n0;
+    const float* ar = add_rows ? add_rows + static_cast<int64_t>(r) * n_dim + n0 : nullptr;
+    for (int j = 0; j < kCols; ++j)
+      yr[j] = acc[r][j / 8][j % 8] + bias[n0 + j] + (ar ? ar[j] : 0.0f);
   }
 }
 
 // Y[r, :] = act(A[r, :] Wt + bias + add_rows[r, :]) for A [rows, K], Wt [K, N]; act is Mish
-// when `use_mish`; add_rows may be null.
+// when `use_mish`; add_rows may be null. Column blocks are the outer loop so a K x 16 slice of
+// the weights (16 KiB at K = 256) stays in L1 while every row block of the tile uses it. Columns
+// past the last multiple of 16 (a hidden width like 100) take a scalar loop.
 AIGX_MULTIVERSION
 void dense(const float* a, int rows, int k_dim, const float* wt, int n_dim, const float* bias,
            const float* add_rows, bool use_mish, float* y) {
-  auto at = [&](int r) { return add_rows ? add_rows + static_cast<int64_t>(r) * n_dim : nullptr; };
-  int r = 0;
-  for (; r + kRows <= rows; r += kRows)
-    dense_rows<kRows>(a + static_cast<int64_t>(r) * k_dim, k_dim, wt, n_dim, bias, at(r),
-                      y + static_cast<int64_t>(r) * n_dim);
-  const float* ar = a + static_cast<int64_t>(r) * k_dim;
-  float* yr = y + static_cast<int64_t>(r) * n_dim;
-  switch (rows - r) {
-    case 3: dense_rows<3>(ar, k_dim, wt, n_dim, bias, at(r), yr); break;
-    case 2: dense_rows<2>(ar, k_dim, wt, n_dim, bias, at(r), yr); break;
-    case 1: dense_rows<1>(ar, k_dim, wt, n_dim, bias, at(r), yr); break;
-    default: break;
+  const int full = n_dim / kCols * kCols;
+  for (int n = full; n < n_dim; ++n) {
+    for (int r = 0; r < rows; ++r) {
+      float v = 0.0f;
+      for (int k = 0; k < k_dim; ++k)
+        v += a[static_cast<int64_t>(r) * k_dim + k] * wt[static_cast<int64_t>(k) * n_dim + n];
+      const int64_t at = static_cast<int64_t>(r) * n_dim + n;
+      y[at] = v + bias[n] + (add_rows ? add_rows[at] : 0.0f);
+    }
+  }
+  for (int n0 = 0; n0 < full; n0 += kCols) {
+    int r = 0;
+    for (; r + kRows <= rows; r += kRows) {
+      const int64_t at = static_cast<int64_t>(r) * n_dim;
+      block<kRows>(a + static_cast<int64_t>(r) * k_dim, k_dim, wt, n_dim, n0, bias,
+                   add_rows ? add_rows + at : nullptr, y + at);
+    }
+    const int64_t at = static_cast<int64_t>(r) * n_dim;
+    const float* ar = a + static_cast<int64_t>(r) * k_dim;
+    const float* addr = add_rows ? add_rows + at : nullptr;
+    switch (rows - r) {
+      case 3: block<3>(ar, k_dim, wt, n_dim, n0, bias, addr, y + at); break;
+      case 2: block<2>(ar, k_dim, wt, n_dim, n0, bias, addr, y + at); break;
+      case 1: block<1>(ar, k_dim, wt, n_dim, n0, bias, addr, y + at); break;
+      default: break;
+    }
   }
   if (use_mish) mish_inplace(y, static_cast<int64_t>(rows) * n_dim);
 }

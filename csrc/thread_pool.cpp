@@ -28,8 +28,13 @@ void ThreadPool::set_num_threads(int n) {
 }
 
 void ThreadPool::start_workers(int n_workers) {
+  // Called before any job or under job_mutex_, so generation_ is the last finished job: a new
+  // worker waits for the next one (reading generation_ from the new thread instead would race
+  // with a job posted before the thread runs, and lose it).
   stopping_ = false;
-  for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  const uint64_t current = generation_;
+  for (int i = 0; i < n_workers; ++i)
+    workers_.emplace_back([this, current] { worker_loop(current); });
 }
 
 void ThreadPool::stop_workers() {
@@ -50,8 +55,7 @@ void ThreadPool::run_chunks() {
   }
 }
 
-void ThreadPool::worker_loop() {
-  uint64_t seen = 0;
+void ThreadPool::worker_loop(uint64_t seen) {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mutex_);

@@ -33,7 +33,7 @@ class ThreadPool {
   ThreadPool();
   void start_workers(int n_workers);
   void stop_workers();
-  void worker_loop();
+  void worker_loop(uint64_t seen);
   void run_chunks();
 
   int num_threads_ = 1;

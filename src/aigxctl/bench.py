@@ -158,3 +158,122 @@ def waterfill_table(results: dict[str, Any]) -> Any:
         ["B", "M", "core", "numpy", "bisection", "copy", "vs bisect", "vs numpy", "time/copy"],
         rows,
     )
+
+
+def sample(
+    batches: list[int],
+    repeats: int = 5,
+    m: int = 20,
+    hidden: int = 256,
+    steps: int = 6,
+    compile_torch: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Allocations/s of the fused sampler vs the plain PyTorch sampler (and ``torch.compile`` of
+    it, when that works here), same weights (reference denoiser shape, random init), same mode
+    (ancestral DDPM, noise drawn by each), T = ``steps``, M = ``m``."""
+    import torch
+
+    from aigxctl.diffusion import Schedule, sample_reference, to_allocation
+    from aigxctl.model import GDM, Denoiser
+
+    torch.manual_seed(seed)
+    model = GDM(
+        denoiser=Denoiser(m, hidden).eval(),
+        schedule=Schedule.create("vp", steps),
+        pred="eps",
+        cond_mean=np.full(m, 4.0),
+        cond_std=np.full(m, 1.7),
+        total_power=0.2,
+        noise=1.0,
+    )
+    fused = model.fused_sampler()
+    compiled = None
+    compile_error = None
+    if compile_torch:
+        try:
+            compiled = torch.compile(model.denoiser, dynamic=False)
+        except Exception as exc:  # torch.compile is optional here: report, don't fail
+            compile_error = f"{type(exc).__name__}: {exc}"
+
+    def plain(g: torch.Tensor, den: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            z = torch.randn(steps + 1, *g.shape)
+            x = sample_reference(den, model.schedule, model.normalise(g), z, pred="eps",
+                                 mode="ancestral")  # fmt: skip
+            return to_allocation(x, 0.2)
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for b in batches:
+        g = rng.uniform(1.0, 7.0, (b, m)).astype(np.float32)
+        gt = torch.from_numpy(g)
+        t_plain = timeit(lambda gt=gt: plain(gt, model.denoiser), repeats, 0.2)
+        t_fused = timeit(lambda g=g: fused.sample(g, 0.2, mode="ancestral", seed=1), repeats, 0.2)
+        case: dict[str, Any] = {
+            "batch": b,
+            "allocations_per_s": {"fused": b / t_fused, "torch": b / t_plain},
+            "speedup_vs_torch": t_plain / t_fused,
+        }
+        if compiled is not None:
+            try:
+                t_comp = timeit(lambda gt=gt: plain(gt, compiled), repeats, 0.2)
+                case["allocations_per_s"]["torch_compile"] = b / t_comp
+                case["speedup_vs_torch_compile"] = t_comp / t_fused
+            except Exception as exc:  # compile failures surface at the first call
+                compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                compiled = None
+        cases.append(case)
+    return {
+        "benchmark": "sample",
+        "model": {"m": m, "hidden": hidden, "steps": steps, "schedule": "vp", "mode": "ancestral"},
+        "torch_threads": torch.get_num_threads(),
+        "torch_compile_error": compile_error,
+        "machine": machine(),
+        "cases": cases,
+    }
+
+
+def sample_table(results: dict[str, Any]) -> Any:
+    """A Rich table of :func:`sample` results."""
+    from aigxctl.report import table
+
+    has_compile = any("torch_compile" in c["allocations_per_s"] for c in results["cases"])
+    cols = ["B", "fused", "torch"] + (["torch.compile"] if has_compile else [])
+    cols += ["fused / torch"] + (["fused / compile"] if has_compile else [])
+    rows = []
+    for c in results["cases"]:
+        r = c["allocations_per_s"]
+        row = [f"{c['batch']:,}", f"{r['fused']:.3g}", f"{r['torch']:.3g}"]
+        if has_compile:
+            row.append(f"{r['torch_compile']:.3g}" if "torch_compile" in r else "-")
+        row.append(f"{c['speedup_vs_torch']:.1f}x")
+        if has_compile:
+            row.append(f"{c['speedup_vs_torch_compile']:.1f}x" if "speedup_vs_torch_compile" in c
+                       else "-")  # fmt: skip
+        rows.append(row)
+    mdl = results["model"]
+    return table(
+        f"sampling, allocations/s (M={mdl['m']}, hidden {mdl['hidden']}, T={mdl['steps']}, "
+        f"{mdl['mode']}, {results['machine']['core_threads']} threads)",
+        cols,
+        rows,
+    )
+
+
+def collect(samples: int = 1_000_000, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Samples/s of collecting (draw + exact labels + sum rates, in memory) vs only drawing the
+    same T1 gains with NumPy."""
+    from aigxctl import data, scenarios
+
+    s = scenarios.get("t1")
+    t_draw = timeit(lambda: np.concatenate(list(scenarios.draw_chunks(s, samples, seed))), repeats)
+    t_collect = timeit(lambda: data.collect(s, samples, seed), repeats)
+    return {
+        "benchmark": "collect",
+        "samples": samples,
+        "channels": s.m,
+        "samples_per_s": {"collect": samples / t_collect, "draw_only": samples / t_draw},
+        "ratio_to_draw": t_draw / t_collect,
+        "machine": machine(),
+    }

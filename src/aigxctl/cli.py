@@ -532,6 +532,55 @@ def bench_waterfill(
         report.out.print(bench.waterfill_table(results))
 
 
+@bench_app.command("sample")
+@user_errors
+def bench_sample(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    batches: Annotated[str, typer.Option("--batches", help="Comma-separated B.")] = "1,64,4096",
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats (median).")] = 5,
+    no_compile: Annotated[
+        bool, typer.Option("--no-compile", help="Skip the torch.compile baseline.")
+    ] = False,
+) -> None:
+    """Allocations/s of the fused sampler vs the plain PyTorch sampler (same weights)."""
+    from aigxctl import bench
+
+    if repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {repeats}")
+    results = bench.sample(_int_list("--batches", batches), repeats, compile_torch=not no_compile)
+    if json_out:
+        report.out.print_json(data=results)
+    else:
+        report.out.print(bench.sample_table(results))
+        if results["torch_compile_error"]:
+            report.err.print(f"torch.compile unavailable: {results['torch_compile_error']}")
+
+
+@bench_app.command("collect")
+@user_errors
+def bench_collect(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    samples: Annotated[int, typer.Option("--samples", "-n")] = 1_000_000,
+) -> None:
+    """Collect throughput (draw + exact labels) vs drawing the gains alone, T1, M = 20."""
+    from aigxctl import bench
+
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
+    r = bench.collect(samples)
+    if json_out:
+        report.out.print_json(data=r)
+        return
+    rate = r["samples_per_s"]
+    report.out.print(
+        report.table(
+            f"collect, samples/s (T1, M={r['channels']}, N={r['samples']:,})",
+            ["collect", "draw only", "collect / draw"],
+            [[f"{rate['collect']:.3g}", f"{rate['draw_only']:.3g}", f"{r['ratio_to_draw']:.2f}"]],
+        )
+    )
+
+
 def _int_list(option: str, text: str) -> list[int]:
     try:
         values = [int(float(v)) for v in text.split(",") if v.strip()]
