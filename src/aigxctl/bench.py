@@ -18,7 +18,15 @@ import numpy as np
 
 from aigxctl import core
 
-__all__ = ["bisection_waterfill", "machine", "numpy_waterfill", "timeit", "waterfill"]
+__all__ = [
+    "bisection_waterfill",
+    "collect",
+    "collect_table",
+    "machine",
+    "numpy_waterfill",
+    "timeit",
+    "waterfill",
+]
 
 
 def machine() -> dict[str, Any]:
@@ -217,7 +225,7 @@ def sample(
         }
         if compiled is not None:
             try:
-                t_comp = timeit(lambda gt=gt: plain(gt, compiled), repeats, 0.2)
+                t_comp = timeit(lambda gt=gt, c=compiled: plain(gt, c), repeats, 0.2)
                 case["allocations_per_s"]["torch_compile"] = b / t_comp
                 case["speedup_vs_torch_compile"] = t_comp / t_fused
             except Exception as exc:  # compile failures surface at the first call
@@ -261,19 +269,72 @@ def sample_table(results: dict[str, Any]) -> Any:
     )
 
 
-def collect(samples: int = 1_000_000, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Samples/s of collecting (draw + exact labels + sum rates, in memory) vs only drawing the
-    same T1 gains with NumPy."""
+def collect(
+    samples: int = 1_000_000, repeats: int = 3, seed: int = 0, scenario: str = "t1"
+) -> dict[str, Any]:
+    """Samples/s of collecting vs only drawing the same gains with NumPy (issue 3, item 5).
+
+    Cases, same scenario, seed and N: ``draw`` (the gains into one [N, M] array: the floor),
+    ``waterfill`` and ``sum_rate`` (the core's labelling alone, on those gains), ``collect``
+    (draw + label in memory, :func:`aigxctl.data.collect`) and ``collect_npz`` (the CLI path:
+    streamed into an .npz in a temporary folder, :func:`aigxctl.data.collect_to_file`).
+    """
+    import tempfile
+    from pathlib import Path
+
     from aigxctl import data, scenarios
 
-    s = scenarios.get("t1")
-    t_draw = timeit(lambda: np.concatenate(list(scenarios.draw_chunks(s, samples, seed))), repeats)
-    t_collect = timeit(lambda: data.collect(s, samples, seed), repeats)
+    s = scenarios.get(scenario)
+
+    def label_only() -> dict[str, float]:  # its arrays are freed before the next cases
+        gains = scenarios.draw(s, samples, seed)
+        power = core.waterfill(gains, s.total_power, s.noise)
+        return {
+            "waterfill": timeit(lambda: core.waterfill(gains, s.total_power, s.noise), repeats),
+            "sum_rate": timeit(lambda: core.sum_rate(gains, power, s.noise), repeats),
+        }
+
+    times = {"draw": timeit(lambda: scenarios.draw(s, samples, seed), repeats), **label_only()}
+    times["collect"] = timeit(lambda: data.collect(s, samples, seed), repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.npz"
+        times["collect_npz"] = timeit(lambda: data.collect_to_file(s, samples, seed, out), repeats)
     return {
         "benchmark": "collect",
+        "scenario": s.name,
         "samples": samples,
         "channels": s.m,
-        "samples_per_s": {"collect": samples / t_collect, "draw_only": samples / t_draw},
-        "ratio_to_draw": t_draw / t_collect,
+        "repeats": repeats,
+        "seconds": times,
+        "samples_per_s": {k: samples / t for k, t in times.items()},
+        "ratio_to_draw": {
+            "collect": times["draw"] / times["collect"],
+            "collect_npz": times["draw"] / times["collect_npz"],
+        },
         "machine": machine(),
     }
+
+
+def collect_table(results: dict[str, Any]) -> Any:
+    """A Rich table of :func:`collect` results."""
+    from aigxctl.report import table
+
+    rate, ratio = results["samples_per_s"], results["ratio_to_draw"]
+    what = {
+        "draw": "draw gains only (NumPy)",
+        "waterfill": "core water-filling only",
+        "sum_rate": "core sum rate only",
+        "collect": "collect, in memory",
+        "collect_npz": "collect to .npz (CLI path)",
+    }
+    rows = [
+        [label, f"{rate[key]:.3g}", f"{ratio[key]:.2f}" if key in ratio else "-"]
+        for key, label in what.items()
+    ]
+    return table(
+        f"collect, samples/s ({results['scenario']}, M={results['channels']}, "
+        f"N={results['samples']:,}, median of {results['repeats']}, "
+        f"{results['machine']['core_threads']} core threads)",
+        ["case", "samples/s", "vs draw"],
+        rows,
+    )

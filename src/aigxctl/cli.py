@@ -234,13 +234,23 @@ def scenarios_list(ctx: typer.Context) -> None:
     """List the built-in scenarios (use [bold]scenarios show NAME|FILE.toml[/] for one)."""
     if ctx.invoked_subcommand is not None:
         return
+    from rich.markup import escape
+
     from aigxctl import scenarios
 
     rows = [
-        [name, s.m, f"{s.total_power:g}", f"{s.noise:g}", s.description]
+        [name, s.m, f"{s.total_power:g}", f"{s.noise:g}",
+         "\n".join(g.describe() for g in s.groups), escape(s.description)]
         for name, s in scenarios.builtin().items()
-    ]
-    report.out.print(report.table("built-in scenarios", ["name", "M", "P", "σ²", "channels"], rows))
+    ]  # fmt: skip
+    t = report.table(
+        "built-in scenarios", ["name", "M", "P", "σ²", "channel groups", "description"], rows,
+        caption="Any scenario .toml file works too (see examples/rainstorm.toml); "
+        "aigxctl scenarios show NAME|FILE.toml for one",
+    )  # fmt: skip
+    t.columns[4].justify = t.columns[5].justify = "left"
+    t.columns[4].no_wrap = True
+    report.out.print(t)
 
 
 @scenarios_app.command("show")
@@ -248,31 +258,48 @@ def scenarios_list(ctx: typer.Context) -> None:
 def scenarios_show(
     scenario: Annotated[str, typer.Argument(help="A built-in name or a scenario TOML file.")],
     samples: Annotated[
-        int, typer.Option("--samples", help="Draws for the quick estimate.")
+        int, typer.Option("--samples", "-n", help="Draws for the quick estimate.")
     ] = 20000,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the estimate's draws.")] = 0,
+    toml: Annotated[
+        bool, typer.Option("--toml", help="Print the scenario as a TOML file to edit.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
 ) -> None:
     """Show a scenario and what there is to win: the optimum's mean sum rate vs equal split."""
+    from rich.markup import escape
+
     from aigxctl import scenarios
 
+    s = scenarios.get(scenario)
+    if toml:
+        report.out.print(s.to_toml(), end="", markup=False, highlight=False)
+        return
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
-    s = scenarios.get(scenario)
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
     est = scenarios.estimate(s, samples, seed)
+    if json_out:
+        report.out.print_json(data={"scenario": s.to_dict(), "estimate": {
+            **est, "samples": samples, "seed": seed}})  # fmt: skip
+        return
     items = {
-        "name": s.name,
-        "description": s.description or "-",
+        "name": escape(s.name),
+        "description": escape(s.description) or "-",
         "channels M": s.m,
-        "total power P": f"{s.total_power:g}",
+        "total power P": f"{s.total_power:g} W",
         "noise σ²": f"{s.noise:g}",
         **{f"group {i + 1}": g.describe() for i, g in enumerate(s.groups)},
         "mean gain": f"{est['mean_gain']:.4g}",
         "optimum sum rate": f"{est['optimum_rate']:.4f} bit/s/Hz",
         "equal-split sum rate": f"{est['equal_rate']:.4f} bit/s/Hz",
         "optimum over equal": f"[bold]{est['optimum_gain_over_equal']:+.1%}[/] "
-        f"(on {samples:,} draws)",
+        f"(mean over {samples:,} draws, seed {seed})",
     }
-    report.out.print(report.key_values(f"scenario {s.name}", items))
+    report.out.print(report.key_values(f"scenario {escape(s.name)}", items))
 
 
 class DataFormat(str, Enum):
@@ -294,21 +321,39 @@ def collect(
         typer.Option("--total-power", "-P", help="Override the scenario's P.", show_default=False),
     ] = None,
     fmt: Annotated[
-        DataFormat, typer.Option("--format", "-f", help="npz, or csv for spreadsheets.")
-    ] = (DataFormat.npz),
+        DataFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="npz, or csv for spreadsheets/MATLAB [default: from the --out "
+            "suffix, .csv or else npz]",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Draw gain vectors from a scenario and label them with the exact water-filling optimum."""
+    """Draw gain vectors from a scenario and label them with the exact water-filling optimum.
+
+    Same seed, same arrays. Runs in chunks (bounded memory for any N) and writes through a
+    temporary file, so an interrupted run leaves no half file.
+    """
     import time
 
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from aigxctl import data, scenarios
 
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
     if total_power is not None:
         positive("--total-power", total_power)
+    if fmt is None:
+        fmt = DataFormat.csv if out.suffix.lower() == ".csv" else DataFormat.npz
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory, expected a file name")
     if out.exists() and not force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
     s = scenarios.get(scenario)
@@ -326,8 +371,9 @@ def collect(
     secs = time.perf_counter() - start
     gain = info["expert_rate"] / info["equal_rate"] - 1
     report.err.print(
-        f"[green]✓[/] {samples:,} samples of {s.name} (M={s.m}, P={info['total_power']:g}, "
-        f"seed {seed}) -> {out} in {secs:.2f} s; expert mean sum rate "
+        f"[green]✓[/] {samples:,} samples of {escape(s.name)} (M={s.m}, "
+        f"P={info['total_power']:g}, seed {seed}) -> {escape(str(out))} ({fmt.value}) in "
+        f"{secs:.2f} s; expert mean sum rate "
         f"{info['expert_rate']:.4f} bit/s/Hz ({gain:+.1%} over equal)"
     )
 
@@ -474,6 +520,65 @@ def evaluate(
 
 @app.command()
 @user_errors
+def cycle(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Cycle config TOML ([cycle] table).")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Small sizes: a smoke test in about a minute.")
+    ] = False,
+) -> None:
+    """Replay the virtuous cycle: T1 train, T2 rainstorm drift, T3 retrain, with baselines."""
+    from rich.live import Live
+
+    from aigxctl.cycle import load_config, run_cycle
+
+    cfg = load_config(config, quick=quick)
+    state = {"phase": "", "text": ""}
+
+    def display(phase: str, status: dict[str, Any]) -> None:
+        parts = [f"[bold]{phase}[/]", str(status.get("method", ""))]
+        if "step" in status:
+            parts.append(f"step {status['step']}/{status['steps']}")
+        if "loss" in status:
+            parts.append(f"loss {status['loss']:.2e}")
+        if "val_fraction" in status:
+            parts.append(f"{status['val_fraction']:.2%} of optimum")
+        state["text"] = "  ".join(parts)
+        live.update(state["text"])
+
+    with Live("starting", console=report.err, refresh_per_second=4, transient=True) as live:
+        result = run_cycle(cfg, out, display)
+    report.out.print(cycle_table(result))
+    sac = result["sac"]
+    if sac["status"] != "trained":
+        report.err.print(f"SAC skipped: {sac['reason']}", markup=False)
+    report.err.print(f"[green]✓[/] report, metrics, checkpoints and cycle.png in {out}")
+
+
+def cycle_table(result: dict[str, Any]) -> Any:
+    """Per phase and method: sum rate, % of optimum, gain over equal, and the paper's figure."""
+    rows = []
+    paper = result["paper"]
+    for phase in result["phases"]:
+        for name, m in phase["methods"].items():
+            ref = paper.get(phase["name"], {}).get(name)
+            first = name == next(iter(phase["methods"]))
+            rows.append([
+                phase["name"] if first else "",
+                name, f"{m['rate']:.4f}", f"{m['fraction_of_optimum']:.2%}",
+                f"{m['gain_over_equal']:+.1%}", f"{ref:+.1%}" if ref is not None else "",
+            ])  # fmt: skip
+    return report.table(
+        "virtuous cycle: T1 good weather -> T2 rainstorm -> T3 retrained",
+        ["phase", "method", "sum rate", "of optimum", "vs equal", "paper vs equal"],
+        rows,
+    )
+
+
+@app.command()
+@user_errors
 def info(
     model: Annotated[
         Path | None,
@@ -535,7 +640,9 @@ def bench_waterfill(
 @bench_app.command("sample")
 @user_errors
 def bench_sample(
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
     batches: Annotated[str, typer.Option("--batches", help="Comma-separated B.")] = "1,64,4096",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats (median).")] = 5,
     no_compile: Annotated[
@@ -559,26 +666,27 @@ def bench_sample(
 @bench_app.command("collect")
 @user_errors
 def bench_collect(
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    samples: Annotated[int, typer.Option("--samples", "-n")] = 1_000_000,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of a table.")
+    ] = False,
+    samples: Annotated[int, typer.Option("--samples", "-n", help="Gain vectors N.")] = 1_000_000,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats (median).")] = 3,
+    scenario: Annotated[
+        str, typer.Option("--scenario", "-s", help="Built-in name or a TOML file.")
+    ] = "t1",
 ) -> None:
-    """Collect throughput (draw + exact labels) vs drawing the gains alone, T1, M = 20."""
+    """Collect throughput (draw + exact labels, in memory and to .npz) vs drawing the gains."""
     from aigxctl import bench
 
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
-    r = bench.collect(samples)
+    if repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {repeats}")
+    results = bench.collect(samples, repeats, scenario=scenario)
     if json_out:
-        report.out.print_json(data=r)
-        return
-    rate = r["samples_per_s"]
-    report.out.print(
-        report.table(
-            f"collect, samples/s (T1, M={r['channels']}, N={r['samples']:,})",
-            ["collect", "draw only", "collect / draw"],
-            [[f"{rate['collect']:.3g}", f"{rate['draw_only']:.3g}", f"{r['ratio_to_draw']:.2f}"]],
-        )
-    )
+        report.out.print_json(data=results)
+    else:
+        report.out.print(bench.collect_table(results))
 
 
 def _int_list(option: str, text: str) -> list[int]:
