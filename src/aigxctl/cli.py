@@ -201,8 +201,13 @@ def allocate(
                 f"{gains}: rows have {g.shape[1]} gains but the model {model} was trained for "
                 f"M = {loaded.m} channels"
             )
-        kwargs = {"model": loaded, "backend": backend.value, "best_of": best_of, "seed": seed,
-                  "mode": mode.value if mode else None}  # fmt: skip
+        kwargs = {
+            "model": loaded,
+            "backend": backend.value,
+            "best_of": best_of,
+            "seed": seed,
+            "mode": mode.value if mode else None,
+        }
     result = allocation.allocate(g, method.value, p, s2, **kwargs)
     text = allocation.to_csv(result) if fmt is OutputFormat.csv else allocation.to_json(result)
     if out is None:
@@ -239,15 +244,23 @@ def scenarios_list(ctx: typer.Context) -> None:
     from aigxctl import scenarios
 
     rows = [
-        [name, s.m, f"{s.total_power:g}", f"{s.noise:g}",
-         "\n".join(g.describe() for g in s.groups), escape(s.description)]
+        [
+            name,
+            s.m,
+            f"{s.total_power:g}",
+            f"{s.noise:g}",
+            "\n".join(g.describe() for g in s.groups),
+            escape(s.description),
+        ]
         for name, s in scenarios.builtin().items()
-    ]  # fmt: skip
+    ]
     t = report.table(
-        "built-in scenarios", ["name", "M", "P", "σ²", "channel groups", "description"], rows,
+        "built-in scenarios",
+        ["name", "M", "P", "σ²", "channel groups", "description"],
+        rows,
         caption="Any scenario .toml file works too (see examples/rainstorm.toml); "
         "aigxctl scenarios show NAME|FILE.toml for one",
-    )  # fmt: skip
+    )
     t.columns[4].justify = t.columns[5].justify = "left"
     t.columns[4].no_wrap = True
     report.out.print(t)
@@ -275,7 +288,7 @@ def scenarios_show(
 
     s = scenarios.get(scenario)
     if toml:
-        report.out.print(s.to_toml(), end="", markup=False, highlight=False)
+        report.out.print(s.to_toml(), end="", markup=False, highlight=False, emoji=False)
         return
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
@@ -283,8 +296,9 @@ def scenarios_show(
         raise UserError(f"--seed must be >= 0, got {seed}")
     est = scenarios.estimate(s, samples, seed)
     if json_out:
-        report.out.print_json(data={"scenario": s.to_dict(), "estimate": {
-            **est, "samples": samples, "seed": seed}})  # fmt: skip
+        report.out.print_json(
+            data={"scenario": s.to_dict(), "estimate": {**est, "samples": samples, "seed": seed}}
+        )
         return
     items = {
         "name": escape(s.name),
@@ -325,8 +339,8 @@ def collect(
         typer.Option(
             "--format",
             "-f",
-            help="npz, or csv for spreadsheets/MATLAB [default: from the --out "
-            "suffix, .csv or else npz]",
+            help="npz, or csv for spreadsheets/MATLAB (default: csv for an --out ending in "
+            ".csv, else npz).",
             show_default=False,
         ),
     ] = None,
@@ -359,15 +373,24 @@ def collect(
     s = scenarios.get(scenario)
     start = time.perf_counter()
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=report.err, transient=True,
-        disable=samples < 200_000,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(f"collect {s.name}", total=samples)
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=report.err,
+        transient=True,
+        disable=samples < 200_000 or not report.err.is_terminal,
+    ) as bar:
+        task = bar.add_task(f"collect {escape(s.name)}", total=samples)
         info = data.collect_to_file(
-            s, samples, seed, out, total_power=total_power, csv=fmt is DataFormat.csv,
+            s,
+            samples,
+            seed,
+            out,
+            total_power=total_power,
+            csv=fmt is DataFormat.csv,
             progress=lambda done: bar.update(task, completed=done),
-        )  # fmt: skip
+        )
     secs = time.perf_counter() - start
     gain = info["expert_rate"] / info["equal_rate"] - 1
     report.err.print(
@@ -381,11 +404,22 @@ def collect(
 @app.command()
 @user_errors
 def train(
-    datasets: Annotated[
-        list[Path],
-        typer.Option("--data", "-d", help="Dataset(s) from [bold]aigxctl collect[/] (repeatable)."),
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+    datasets: Annotated[
+        list[Path] | None,
+        typer.Option("--data", "-d", help="Dataset(s) from [bold]aigxctl collect[/] (repeatable)."),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="expert: learn the water-filling labels in --data; reward: learn from the sum "
+            "rate alone through a learned double critic, on draws of --scenario.",
+        ),
+    ] = "expert",
+    scenario: Annotated[
+        str | None, typer.Option("--scenario", "-s", help="With --mode reward: where to draw.")
+    ] = None,
     arch: Annotated[str, typer.Option("--arch", help="gdm (diffusion) or mlp (baseline).")] = "gdm",
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 3000,
     batch: Annotated[int, typer.Option("--batch", help="Batch size (all processes).")] = 512,
@@ -412,16 +446,46 @@ def train(
     from aigxctl.train import TrainConfig
     from aigxctl.train import train as run_train
 
+    if mode not in ("expert", "reward"):
+        raise UserError(f"--mode must be expert or reward, got {mode!r}")
+    if mode == "reward":
+        if scenario is None or datasets:
+            raise UserError("--mode reward takes --scenario NAME (and no --data)")
+        if arch != "gdm" or nproc != 1 or resume or init:
+            raise UserError(
+                "--mode reward trains a fresh gdm in one process (no --arch/--nproc/"
+                "--resume/--init)"
+            )
+    elif scenario is not None:
+        raise UserError("--scenario is for --mode reward; expert training reads --data")
     cfg = TrainConfig(
-        data=[str(d) for d in datasets], out=str(out), arch=arch, steps=steps, batch=batch, lr=lr,
-        seed=seed, init=str(init) if init else None, resume=resume, device=device, nproc=nproc,
-        pred=pred, schedule=schedule, denoise_steps=denoise_steps, hidden=hidden,
-        val_every=val_every, tensorboard=tensorboard,
-    )  # fmt: skip
+        data=[str(d) for d in datasets or []],
+        out=str(out),
+        arch=arch,
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        init=str(init) if init else None,
+        resume=resume,
+        device=device,
+        nproc=nproc,
+        pred=pred,
+        schedule=schedule,
+        denoise_steps=denoise_steps,
+        hidden=hidden,
+        val_every=val_every,
+        tensorboard=tensorboard,
+    )
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), "{task.fields[status]}", console=report.err, transient=False,
-    ) as bar:  # fmt: skip
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        "{task.fields[status]}",
+        console=report.err,
+        transient=False,
+    ) as bar:
         task = bar.add_task(f"train {arch}", total=steps, status="")
 
         def progress(step: int, m: dict[str, float]) -> None:
@@ -431,7 +495,24 @@ def train(
             bar.update(task, completed=step, status=status)
 
         try:
-            result = run_train(cfg, progress)
+            if mode == "reward":
+                from aigxctl.reward import RewardConfig, train_reward
+
+                result = train_reward(
+                    RewardConfig(
+                        scenario=scenario,
+                        out=str(out),
+                        steps=steps,
+                        lr=lr,
+                        seed=seed,
+                        hidden=hidden,
+                        denoise_steps=denoise_steps,
+                        val_every=val_every,
+                    ),
+                    progress,
+                )
+            else:
+                result = run_train(cfg, progress)
         except KeyboardInterrupt:
             report.error(f"interrupted; checkpoint saved to {out}, continue with --resume")
             raise typer.Exit(130) from None
@@ -565,11 +646,16 @@ def cycle_table(result: dict[str, Any]) -> Any:
         for name, m in phase["methods"].items():
             ref = paper.get(phase["name"], {}).get(name)
             first = name == next(iter(phase["methods"]))
-            rows.append([
-                phase["name"] if first else "",
-                name, f"{m['rate']:.4f}", f"{m['fraction_of_optimum']:.2%}",
-                f"{m['gain_over_equal']:+.1%}", f"{ref:+.1%}" if ref is not None else "",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    phase["name"] if first else "",
+                    name,
+                    f"{m['rate']:.4f}",
+                    f"{m['fraction_of_optimum']:.2%}",
+                    f"{m['gain_over_equal']:+.1%}",
+                    f"{ref:+.1%}" if ref is not None else "",
+                ]
+            )
     return report.table(
         "virtuous cycle: T1 good weather -> T2 rainstorm -> T3 retrained",
         ["phase", "method", "sum rate", "of optimum", "vs equal", "paper vs equal"],

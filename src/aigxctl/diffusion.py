@@ -123,6 +123,20 @@ def sample_reference(
 ) -> torch.Tensor:
     """The reverse process in plain PyTorch: normalised condition ``[B, M]`` and noise
     ``[T+1, B, M]`` -> the sample x ``[B, M]`` (an allocation fraction up to sign and scale)."""
+    return reverse_process(denoiser, schedule, cond, noise, pred=pred, mode=mode)
+
+
+def reverse_process(
+    denoiser: torch.nn.Module,
+    schedule: Schedule,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    pred: str,
+    mode: str,
+) -> torch.Tensor:
+    """:func:`sample_reference` with autograd on: training against a critic (``train --mode
+    reward``) back-propagates through all T steps."""
     steps = schedule.steps
     if noise.shape[0] != steps + 1:
         raise ValueError(f"noise must be [T+1, B, M] with T = {steps}, got {list(noise.shape)}")
