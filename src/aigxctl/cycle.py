@@ -307,25 +307,31 @@ def _sac_start(cfg: CycleConfig, scenario: Any, show: Display) -> tuple[Any, dic
     """Train the SAC baseline on the T1 environment, or say why it was skipped."""
     if not cfg.sac:
         return None, {"status": "skipped", "reason": "disabled in the cycle config"}
-    try:
-        from aigxctl.baselines import sac as sac_mod
-    except ImportError as exc:
-        return None, {"status": "skipped", "reason": f"install aigxctl[rl] ({exc})"}
+    from aigxctl.baselines import sac as sac_mod
+
     steps = cfg.sac_steps or cfg.samples
-    show("T1", {"method": "sac", "steps": steps})
+
+    def progress(done: int, m: dict[str, float]) -> None:
+        show("T1", {"method": "sac", "step": done, "steps": steps, **m})
+
     try:
-        agent = sac_mod.SACBaseline.train(scenario, steps, seed=cfg.seed)
+        agent = sac_mod.train_sac(scenario, steps, seed=cfg.seed, progress=progress)
     except sac_mod.SACUnavailable as exc:
         return None, {"status": "skipped", "reason": str(exc)}
     return agent, {"status": "trained", "env_samples_per_phase": steps}
 
 
 def _sac_continue(agent: Any, cfg: CycleConfig, scenario: Any, show: Display) -> Any:
+    """Move the SAC agent to the new scenario and give it the same budget again."""
     if agent is None:
         return None
     steps = cfg.sac_steps or cfg.samples
-    show("T3", {"method": "sac", "steps": steps})
-    agent.continue_training(scenario, steps)
+
+    def progress(done: int, m: dict[str, float]) -> None:
+        show("T3", {"method": "sac", "step": done, "steps": steps, **m})
+
+    agent.set_scenario(scenario)
+    agent.train(steps, progress=progress)
     return agent
 
 
