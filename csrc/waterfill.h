@@ -14,9 +14,9 @@
 // branch-free O(M) sweep the compiler vectorises. Random gains settle in 2-4 passes; the worst
 // case is one pass per dropped channel.
 //
-// Precision: levels are measured from the smallest a_n (d_n = a_n - a_min, w = mu - a_min), so
-// rows whose a_n are huge and nearly equal (tiny gains, tiny P) keep their relative accuracy.
-// Sums are accumulated in double whatever the storage type.
+// Precision: levels are measured from the smallest a_n (d_n = a_n - a_min, w = mu - a_min, d_n
+// computed in double), so rows whose a_n are huge and nearly equal (tiny gains, tiny P) keep
+// their relative accuracy, in float32 too. Sums are accumulated in double whatever the type.
 #pragma once
 
 #include <math.h>
@@ -103,16 +103,26 @@ AIGX_HD double waterfill_row(const T* g, T* p, int m, double total_power, double
     for (int n = 0; n < m; ++n) p[n] = static_cast<T>(fill);
     return fill;
   }
-  // a_min as stored, so the best channel has d = 0 exactly whatever T is.
-  const double a_min = static_cast<double>(static_cast<T>(noise / g_max));
+  const double a_min = noise / g_max;
+  if (!(a_min < inf)) {
+    // noise / g overflows for every channel (gains below ~1e-308 noise): the gaps between the
+    // a_n dwarf any P, so the limit puts the budget on the strongest channel(s).
+    int best = 0;
+    for (int n = 0; n < m; ++n) best += static_cast<double>(g[n]) == g_max ? 1 : 0;
+    for (int n = 0; n < m; ++n)
+      p[n] = static_cast<T>(static_cast<double>(g[n]) == g_max ? total_power / best : 0.0);
+    return a_min;
+  }
+  // Store d_n = a_n - a_min (computed in double) rather than a_n: the active channels' d_n are
+  // small, so a float32 p keeps them to float precision relative to P, not to a_n.
   for (int n = 0; n < m; ++n) {
     const double gd = static_cast<double>(g[n]);
     const double q = noise / gd;  // unconditional, so the select is branch-free
-    p[n] = static_cast<T>(gd > 0.0 ? q : inf);  // +inf: never gets power
+    p[n] = static_cast<T>(gd > 0.0 ? q - a_min : inf);  // +inf: never gets power
   }
-  const double w = water_level<double>(p, m, a_min, total_power);
+  const double w = water_level<double>(p, m, 0.0, total_power);
   for (int n = 0; n < m; ++n) {
-    const double pn = w - (static_cast<double>(p[n]) - a_min);  // -inf for unusable channels
+    const double pn = w - static_cast<double>(p[n]);  // -inf for unusable channels
     p[n] = static_cast<T>(pn > 0.0 ? pn : 0.0);
   }
   return a_min + w;

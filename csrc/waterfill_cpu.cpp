@@ -43,7 +43,7 @@ namespace {
 
 constexpr int kLanes = 4;
 
-// Rounds each lane through the storage type, as waterfill_row does by storing into T.
+// Rounds each lane through the storage type, as waterfill_row does by storing d_n into T.
 template <typename T>
 inline v4d as_stored(v4d x) {
   if constexpr (sizeof(T) == sizeof(float)) {
@@ -75,15 +75,17 @@ __attribute__((always_inline)) inline bool waterfill_4rows(const T* g, T* p, dou
   const v4l usable = valid & (g_max > 0.0);
   if ((usable[0] & usable[1] & usable[2] & usable[3]) == 0) return false;
   const v4d noise_v = L::splat(noise);
-  const v4d a_min = as_stored<T>(noise_v / g_max);
+  const v4d a_min = noise_v / g_max;
+  const v4l finite = a_min < inf;
+  if ((finite[0] & finite[1] & finite[2] & finite[3]) == 0) return false;
   for (int n = 0; n < m; ++n) {
     const v4d gv = gather(n);
     const v4d q = noise_v / gv;
-    a[n] = as_stored<T>(gv > 0.0 ? q : L::splat(inf));
+    a[n] = as_stored<T>(gv > 0.0 ? q - a_min : L::splat(inf));
   }
-  const v4d w = water_level<v4d>(a, m, a_min, total_power);
+  const v4d w = water_level<v4d>(a, m, L::splat(0.0), total_power);
   for (int n = 0; n < m; ++n) {
-    v4d pn = w - (a[n] - a_min);
+    v4d pn = w - a[n];
     pn = pn > 0.0 ? pn : L::splat(0.0);
     for (int j = 0; j < kLanes; ++j) p[j * m + n] = static_cast<T>(pn[j]);
   }

@@ -1,4 +1,5 @@
-"""Shared test helpers: the CLI runner and small files."""
+"""Shared test helpers: the CLI runner, small files, and skipping of `cuda`-marked tests on
+machines without a GPU (or with a core built without CUDA)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,31 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from aigxctl import core
 from aigxctl.cli import app
+
+
+def cuda_usable() -> bool:
+    """True when torch sees a GPU and the compiled core has CUDA kernels to run on it."""
+    import torch
+
+    return bool(torch.cuda.is_available() and core.build_info()["cuda_built"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(item.get_closest_marker("cuda") for item in items) and not cuda_usable():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU and a core built with CUDA")
+        for item in items:
+            if item.get_closest_marker("cuda"):
+                item.add_marker(skip)
 
 
 @pytest.fixture
 def run():
-    """Invoke the CLI: run("allocate", "--gains", ...) -> click Result (stdout, stderr split)."""
+    """Invoke the CLI: run("allocate", "--gains", ...) -> Result (stdout and stderr apart)."""
     runner = CliRunner()
 
-    def invoke(*args: str, input: str | None = None):
+    def invoke(*args: object, input: str | None = None):
         return runner.invoke(app, [str(a) for a in args], input=input)
 
     return invoke
@@ -25,9 +42,12 @@ def run():
 def write(tmp_path: Path):
     """write("name.csv", text) -> path of a new file in a temporary folder."""
 
-    def make(name: str, text: str) -> Path:
+    def make(name: str, text: str | bytes) -> Path:
         path = tmp_path / name
-        path.write_text(text)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
         return path
 
     return make

@@ -107,12 +107,16 @@ def _power_array(total_power: Any, rows: int, lead_shape: tuple[int, ...]) -> np
     return p
 
 
+def _check_shape(shape: tuple[int, ...]) -> None:
+    if len(shape) == 0:
+        raise UserError("gains must have at least one dimension (the channels)")
+    if shape[-1] == 0:
+        raise UserError("gains must have at least one channel")
+
+
 def _as_rows(gains: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     """View gains [..., M] as C-contiguous float32/float64 [rows, M]."""
-    if gains.ndim == 0:
-        raise UserError("gains must have at least one dimension (the channels)")
-    if gains.shape[-1] == 0:
-        raise UserError("gains must have at least one channel")
+    _check_shape(gains.shape)
     if gains.dtype not in (np.float32, np.float64):
         gains = gains.astype(np.float32 if np.issubdtype(gains.dtype, np.floating) else np.float64)
     lead = gains.shape[:-1]
@@ -126,7 +130,10 @@ def _waterfill_numpy(gains: np.ndarray, total_power: Any, noise: float) -> tuple
     # The core validates as it goes: a row with a NaN, infinite or negative gain gets level NaN.
     if np.isnan(level).any():
         check_gains(rows2d)
-    return power.reshape(gains.shape), level.reshape(lead)
+    power = power.reshape(gains.shape)
+    if np.issubdtype(gains.dtype, np.floating) and power.dtype != gains.dtype:
+        power = power.astype(gains.dtype)  # float16 & co: computed in float32, returned as given
+    return power, level.reshape(lead)
 
 
 def _waterfill_torch(gains: Any, total_power: Any, noise: float) -> tuple[Any, Any]:
@@ -144,6 +151,7 @@ def _waterfill_torch(gains: Any, total_power: Any, noise: float) -> tuple[Any, A
             torch.from_numpy(level).to(device=gains.device),
         )
 
+    _check_shape(tuple(gains.shape))
     g = gains.detach().reshape(-1, gains.shape[-1]).contiguous()
     lead = tuple(gains.shape[:-1])
     p = torch.from_numpy(_power_array(total_power, g.shape[0], lead)).to(g.device)

@@ -34,7 +34,10 @@ def _read_csv(source: str | Path, what: str) -> tuple[str, np.ndarray, list[int]
     """Parse a numeric CSV; returns (display name, float64 [rows, cols], file line of each row)."""
     name = "<stdin>" if str(source) == "-" else str(source)
     try:
-        text = sys.stdin.read() if str(source) == "-" else Path(source).read_text(encoding="utf-8")
+        # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark, which would
+        # otherwise glue itself to the first field ("\ufeff1" is not a number).
+        text = sys.stdin.read() if str(source) == "-" else Path(source).read_text("utf-8-sig")
+        text = text.removeprefix("\ufeff")
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -108,12 +111,20 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     if target.parent and not target.parent.exists():
         raise UserError(f"{target}: the folder {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise UserError(f"{target}: is a directory, expected a file name to write")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write there ({exc.strerror})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise UserError(f"{target}: cannot write there ({exc.strerror})") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
