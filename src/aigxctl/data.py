@@ -1,23 +1,34 @@
 """Datasets: channel gains labelled with their exact water-filling allocation (the expert).
 
-A dataset file is an ``.npz`` with ``gains`` [N, M], ``power`` [N, M] (watts, each row adds up
-to P), ``sum_rate`` [N] (bits/s/Hz) and ``meta``, a JSON string (format, scenario, seed, P,
-sigma^2, package version, creation time). :func:`collect_to_file` streams chunk by chunk through
-temporary ``.npy`` files, so ten million samples fit in bounded memory, and renames the finished
-file into place; :func:`load` checks everything and reads with ``allow_pickle=False``.
+A dataset file is an ``.npz`` (a zip of ``.npy`` files, stored uncompressed) with
+
+* ``gains``    [N, M] float64, the channel power gains;
+* ``power``    [N, M] float64, the expert allocation in watts, each row adding up to P;
+* ``sum_rate`` [N] float64, its sum rate in bits/s/Hz;
+* ``meta``     a 0-d string array holding JSON: format, version, the scenario, seed, P,
+  sigma^2, N, M, the aigxctl and NumPy versions and the creation time.
+
+:func:`collect_to_file` streams: each chunk of rows is drawn, solved by the core and written at
+once (the gains straight into the zip, power and sum rate through two unnamed temporary files
+that are appended when the gains are done), so ten million samples need no more memory than one
+chunk. The file appears under its name only when complete (:func:`aigxctl.files.atomic_path`).
+:func:`load` reads with ``allow_pickle=False`` and checks everything a later command relies on.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
+import io
 import json
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -26,11 +37,12 @@ from aigxctl.errors import UserError
 from aigxctl.files import atomic_path
 from aigxctl.scenarios import CHUNK_ROWS, Scenario, draw_chunks
 
-__all__ = ["FORMAT", "Dataset", "collect", "collect_to_file", "load", "save"]
+__all__ = ["FORMAT", "VERSION", "Dataset", "collect", "collect_to_file", "load", "save"]
 
 FORMAT = "aigxctl-dataset"
 VERSION = 1
 ARRAYS = ("gains", "power", "sum_rate")
+_F8 = np.dtype("<f8")  # the files' dtype whatever the machine's byte order
 
 
 @dataclass
@@ -73,36 +85,148 @@ def _meta(scenario: Scenario, samples: int, seed: int) -> dict[str, Any]:
         "samples": int(samples),
         "channels": scenario.m,
         "aigxctl_version": __version__,
+        # NumPy keeps a Generator's streams stable in practice but does not promise it across
+        # versions: recorded so that a seed's draws can be reproduced exactly.
+        "numpy_version": np.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _label(scenario: Scenario, gains: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    power = core.waterfill(gains, scenario.total_power, scenario.noise)
-    return power, core.sum_rate(gains, power, scenario.noise)
+def _ahead(items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` with the next one made in a helper thread while the caller uses this one.
+    NumPy's random fills, the core and file writes all release the GIL, so drawing chunk i+1
+    overlaps solving and writing chunk i. One ``next`` at a time, so the order is kept."""
+    it = iter(items)
+    done = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="aigxctl-draw") as pool:
+        future = pool.submit(next, it, done)
+        while (item := future.result()) is not done:
+            future = pool.submit(next, it, done)
+            yield item
+
+
+def _labelled(
+    scenario: Scenario, samples: int, seed: int, chunk: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(gains, expert power, sum rate) chunk by chunk."""
+    if samples < 1:
+        raise UserError(f"samples must be >= 1, got {samples}")
+    for gains in _ahead(draw_chunks(scenario, samples, seed, chunk)):
+        power = core.waterfill(gains, scenario.total_power, scenario.noise)
+        yield gains, power, core.sum_rate(gains, power, scenario.noise)
+
+
+def _equal_rate_sum(gains: np.ndarray, total_power: float, noise: float) -> float:
+    """Sum over rows of the equal split's sum rate. It only feeds a summary line, so it takes
+    one log per row: log2 of the product of (1 + g P / (M sigma^2)), which is exact to rounding
+    while the product stays finite (rates below ~1000 bit/s/Hz), and the core otherwise."""
+    f = gains * (total_power / (gains.shape[1] * noise))
+    f += 1.0
+    with np.errstate(over="ignore"):  # overflow is detected below and handled
+        prod = f.prod(axis=1)
+    if np.isfinite(prod).all():
+        return float(np.log2(prod).sum())
+    equal = np.full_like(gains, total_power / gains.shape[1])
+    return float(core.sum_rate(gains, equal, noise).sum())
 
 
 def collect(
-    scenario: Scenario, samples: int, seed: int, total_power: float | None = None
+    scenario: Scenario,
+    samples: int,
+    seed: int,
+    total_power: float | None = None,
+    chunk: int = CHUNK_ROWS,
 ) -> Dataset:
-    """Draw ``samples`` gain vectors and label them, in memory (for small N and tests)."""
+    """Draw ``samples`` gain vectors and label them, in memory (small N, tests, benchmarks).
+
+    The arrays equal those :func:`collect_to_file` writes for the same arguments, whatever
+    ``chunk`` (rows solved at a time) is.
+    """
+    if samples < 1:
+        raise UserError(f"samples must be >= 1, got {samples}")
     if total_power is not None:
         scenario = scenario.with_power(total_power)
-    gains = np.concatenate(list(draw_chunks(scenario, samples, seed)), axis=0)
-    power, rate = _label(scenario, gains)
+    gains = np.empty((samples, scenario.m))
+    power = np.empty_like(gains)
+    rate = np.empty(samples)
+    done = 0
+    for g, p, r in _labelled(scenario, samples, seed, chunk):
+        rows = slice(done, done + len(g))
+        gains[rows], power[rows], rate[rows] = g, p, r
+        done += len(g)
     return Dataset(gains, power, rate, _meta(scenario, samples, seed))
 
 
-def _write_npz(target: Path, arrays: dict[str, Path], meta: dict[str, Any], tmp: Path) -> None:
-    """Pack .npy files and the metadata into ``target`` (stored, not compressed: the gains are
-    random floats, compression buys nothing and costs minutes at 10M samples)."""
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, path in arrays.items():
-            with path.open("rb") as src, zf.open(f"{name}.npy", "w", force_zip64=True) as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        meta_path = tmp / "meta.npy"
-        np.save(meta_path, np.array(json.dumps(meta)), allow_pickle=False)
-        zf.write(meta_path, "meta.npy")
+def _npy_header(f: BinaryIO, shape: tuple[int, ...]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(_F8), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(f, header)
+
+
+def _raw(a: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(a, dtype=_F8)).cast("B")
+
+
+def _meta_npy(meta: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.array(json.dumps(meta)), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write_npz(
+    target: Path, labelled: Iterator[tuple[np.ndarray, ...]], shape: tuple[int, int],
+    meta: dict[str, Any], on_chunk: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+) -> None:  # fmt: skip
+    """Stream the arrays into ``target``. A zip entry must be written in one go, so the gains
+    go straight into theirs while power and sum rate wait in unnamed temporary files (beside the
+    target: same disk, and nothing left behind even if the process is killed)."""
+    n, m = shape
+    with (
+        zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
+        tempfile.TemporaryFile(dir=target.parent) as power_f,
+        tempfile.TemporaryFile(dir=target.parent) as rate_f,
+    ):
+        _npy_header(power_f, (n, m))
+        _npy_header(rate_f, (n,))
+        with (
+            zf.open("gains.npy", "w", force_zip64=True) as gains_f,
+            ThreadPoolExecutor(1, thread_name_prefix="aigxctl-write") as writer,
+        ):
+            _npy_header(gains_f, (n, m))
+
+            def write(gains: np.ndarray, power: np.ndarray, rate: np.ndarray) -> None:
+                gains_f.write(_raw(gains))
+                power_f.write(_raw(power))
+                rate_f.write(_raw(rate))
+
+            # Writes run in one helper thread (in order) while the next chunk is solved; at
+            # most one chunk waits, which bounds the memory.
+            pending: collections.deque[Any] = collections.deque()
+            for gains, power, rate in labelled:
+                pending.append(writer.submit(write, gains, power, rate))
+                on_chunk(gains, power, rate)
+                while len(pending) > 1 or (pending and pending[0].done()):
+                    pending.popleft().result()  # re-raises a failed write here
+            while pending:
+                pending.popleft().result()
+        for name, f in (("power", power_f), ("sum_rate", rate_f)):
+            f.seek(0)
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as dst:
+                shutil.copyfileobj(f, dst, 1 << 22)
+        zf.writestr("meta.npy", _meta_npy(meta))
+
+
+def _write_csv(
+    target: Path, labelled: Iterator[tuple[np.ndarray, ...]], m: int,
+    on_chunk: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+) -> None:  # fmt: skip
+    header = [*(f"g{i}" for i in range(1, m + 1)), *(f"p{i}" for i in range(1, m + 1)), "sum_rate"]
+    f: TextIO
+    with target.open("w", encoding="utf-8", newline="") as f:
+        f.write(",".join(header) + "\n")
+        for gains, power, rate in labelled:
+            # 17 significant digits: the CSV holds the same float64 values as the .npz.
+            np.savetxt(f, np.column_stack([gains, power, rate]), fmt="%.17g", delimiter=",")
+            on_chunk(gains, power, rate)
 
 
 def collect_to_file(
@@ -114,60 +238,46 @@ def collect_to_file(
     total_power: float | None = None,
     progress: Callable[[int], None] | None = None,
     csv: bool = False,
+    chunk: int = CHUNK_ROWS,
 ) -> dict[str, Any]:
     """Draw, label and write a dataset chunk by chunk; ``progress(rows_done)`` after each chunk.
-    With ``csv`` the file is a CSV (``g1..gM,p1..pM,sum_rate``) for spreadsheets and MATLAB.
-    Returns the metadata plus the mean sum rates of the expert and of equal allocation."""
+
+    With ``csv`` the file is a CSV (header ``g1..gM,p1..pM,sum_rate``, one sample per row) for
+    spreadsheets and MATLAB. An existing ``out`` is replaced (the CLI asks for ``--force``).
+    Returns the metadata plus the mean sum rates of the expert and of the equal split.
+    """
     if samples < 1:
-        raise UserError(f"--samples must be >= 1, got {samples}")
+        raise UserError(f"samples must be >= 1, got {samples}")
     if total_power is not None:
         scenario = scenario.with_power(total_power)
-    m = scenario.m
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory, expected a file name")
     meta = _meta(scenario, samples, seed)
-    rate_sum = equal_sum = 0.0
-    with tempfile.TemporaryDirectory(dir=Path(out).parent or ".") as tmp:
-        paths = {name: Path(tmp) / f"{name}.npy" for name in ARRAYS}
-        gains_f = np.lib.format.open_memmap(paths["gains"], "w+", np.float64, (samples, m))
-        power_f = np.lib.format.open_memmap(paths["power"], "w+", np.float64, (samples, m))
-        rate_f = np.lib.format.open_memmap(paths["sum_rate"], "w+", np.float64, (samples,))
-        done = 0
-        for chunk in draw_chunks(scenario, samples, seed):
-            power, rate = _label(scenario, chunk)
-            rows = slice(done, done + len(chunk))
-            gains_f[rows], power_f[rows], rate_f[rows] = chunk, power, rate
-            rate_sum += float(rate.sum())
-            equal = np.full_like(chunk, scenario.total_power / m)
-            equal_sum += float(core.sum_rate(chunk, equal, scenario.noise).sum())
-            done += len(chunk)
-            if progress is not None:
-                progress(done)
-        for mm in (gains_f, power_f, rate_f):
-            mm.flush()
-        del gains_f, power_f, rate_f
-        with atomic_path(out) as target:
-            if csv:
-                _write_csv(target, paths)
-            else:
-                _write_npz(target, paths, meta, Path(tmp))
-    return {**meta, "expert_rate": rate_sum / samples, "equal_rate": equal_sum / samples}
+    sums = {"expert": 0.0, "equal": 0.0, "done": 0}
 
+    def on_chunk(gains: np.ndarray, power: np.ndarray, rate: np.ndarray) -> None:
+        sums["expert"] += float(rate.sum())
+        sums["equal"] += _equal_rate_sum(gains, scenario.total_power, scenario.noise)
+        sums["done"] += len(gains)
+        if progress is not None:
+            progress(int(sums["done"]))
 
-def _write_csv(target: Path, arrays: dict[str, Path]) -> None:
-    gains = np.load(arrays["gains"], mmap_mode="r")
-    power = np.load(arrays["power"], mmap_mode="r")
-    rate = np.load(arrays["sum_rate"], mmap_mode="r")
-    m = gains.shape[1]
-    header = [*(f"g{i}" for i in range(1, m + 1)), *(f"p{i}" for i in range(1, m + 1)), "sum_rate"]
-    with target.open("w", encoding="utf-8") as f:
-        f.write(",".join(header) + "\n")
-        for start in range(0, gains.shape[0], CHUNK_ROWS):
-            rows = slice(start, start + CHUNK_ROWS)
-            block = np.column_stack([gains[rows], power[rows], rate[rows]])
-            np.savetxt(f, block, fmt="%.10g", delimiter=",")
+    labelled = _labelled(scenario, samples, seed, chunk)
+    with atomic_path(out) as target:
+        if csv:
+            _write_csv(target, labelled, scenario.m, on_chunk)
+        else:
+            _write_npz(target, labelled, (samples, scenario.m), meta, on_chunk)
+    return {
+        **meta,
+        "expert_rate": sums["expert"] / samples,
+        "equal_rate": sums["equal"] / samples,
+    }
 
 
 def save(dataset: Dataset, out: str | Path) -> None:
-    """Write an in-memory dataset atomically."""
+    """Write an in-memory dataset atomically (same layout as :func:`collect_to_file`)."""
     with atomic_path(out) as target, target.open("wb") as f:
         np.savez(
             f,
@@ -178,17 +288,17 @@ def save(dataset: Dataset, out: str | Path) -> None:
         )
 
 
-def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
-    """Load and validate a dataset. Errors name the file and what is wrong.
-
-    Always checked: the keys, shapes, dtypes, finiteness, gains >= 0, power >= 0 and each power
-    row adding up to P. With ``check_optimal`` the powers are also compared with a fresh
-    water-filling solution of the gains.
-    """
-    path = Path(path)
+def _read(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     name = str(path)
     if not path.exists():
         raise UserError(f"{name}: no such dataset file")
+    if path.is_dir():
+        raise UserError(f"{name}: is a directory, expected a dataset .npz file")
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{name}: not an .npz dataset (not a zip archive, or a truncated one); "
+            "make one with 'aigxctl collect'"
+        )
     try:
         # Our own handle, so it closes even when NumPy gives up on the file half-way.
         with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
@@ -198,21 +308,43 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
                     f"{name}: not an aigxctl dataset (missing {', '.join(missing)}); "
                     "make one with 'aigxctl collect'"
                 )
-            arrays = {k: z[k] for k in ARRAYS}
-            meta_raw = z["meta"]
+            return {k: z[k] for k in ARRAYS}, z["meta"]
     except UserError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, TypeError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, TypeError, KeyError) as exc:
         raise UserError(f"{name}: not a readable .npz dataset ({exc})") from None
+
+
+def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
+    """Load and validate a dataset. Errors name the file and what is wrong.
+
+    Always checked: the keys, the metadata, shapes, dtypes, finiteness, gains >= 0, power >= 0
+    and each power row adding up to P. With ``check_optimal`` the powers are also compared with
+    a fresh water-filling solution of the gains.
+    """
+    path = Path(path)
+    name = str(path)
+    arrays, meta_raw = _read(path)
     try:
+        if meta_raw.shape != () or meta_raw.dtype.kind != "U":
+            raise ValueError
         meta = json.loads(str(meta_raw[()]))
-    except (ValueError, TypeError):
-        raise UserError(f"{name}: its metadata is not valid JSON") from None
+    except ValueError:
+        raise UserError(f"{name}: its metadata is not a JSON string") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{name}: not an aigxctl dataset (metadata format is not {FORMAT!r})")
+    version = meta.get("version", VERSION)
+    if not isinstance(version, int) or version > VERSION:
+        raise UserError(
+            f"{name}: dataset format version {version!r} is newer than this aigxctl reads "
+            f"({VERSION}); upgrade aigxctl"
+        )
     for key in ("total_power", "noise"):
-        if not isinstance(meta.get(key), (int, float)) or not meta[key] > 0:
-            raise UserError(f"{name}: metadata {key} must be a number > 0")
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise UserError(f"{name}: metadata {key} must be a number > 0, got {value!r}")
+        if not np.isfinite(value):
+            raise UserError(f"{name}: metadata {key} must be finite, got {value!r}")
     gains, power, rate = arrays["gains"], arrays["power"], arrays["sum_rate"]
     if gains.ndim != 2 or gains.shape[0] == 0 or gains.shape[1] == 0:
         raise UserError(f"{name}: gains must be a non-empty [N, M] array, got {gains.shape}")
@@ -226,15 +358,16 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
             raise UserError(f"{name}: {key} must hold floats, got {arr.dtype}")
         bad = ~np.isfinite(arr)
         if bad.any():
-            idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise UserError(f"{name}: {key}{list(idx)} is not finite")
+            idx = [int(i) for i in np.argwhere(bad)[0]]
+            raise UserError(f"{name}: {key}{idx} is not finite")
     for key in ("gains", "power"):
-        if (arrays[key] < 0).any():
-            idx = tuple(int(i) for i in np.argwhere(arrays[key] < 0)[0])
-            raise UserError(f"{name}: {key}{list(idx)} is negative")
+        neg = arrays[key] < 0
+        if neg.any():
+            idx = [int(i) for i in np.argwhere(neg)[0]]
+            raise UserError(f"{name}: {key}{idx} is negative")
     p = float(meta["total_power"])
     sums = power.sum(axis=1)
-    usable = gains.max(axis=1) > 0
+    usable = gains.max(axis=1) > 0  # a row with no usable channel gets no power
     off = np.abs(sums - np.where(usable, p, 0.0)) > 1e-6 * p
     if off.any():
         row = int(np.argmax(off))

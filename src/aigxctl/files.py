@@ -119,6 +119,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise UserError(f"{target}: cannot write there ({exc.strerror})") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file 0600; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp_path.chmod(0o666 & ~umask)
     try:
         yield tmp_path
         try:

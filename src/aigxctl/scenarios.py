@@ -1,47 +1,55 @@
 """Scenarios: how channel gains are drawn, plus the number of channels M, the power budget P and
 the noise power sigma^2.
 
-A scenario is a list of channel groups; each group draws the power gains |h|^2 of some channels
-from one channel model and may add a fixed attenuation and log-normal shadowing on top:
+A scenario is a list of channel groups; each group draws the power gains |h|^2 of ``channels``
+consecutive channels from one channel model, and may add a fixed attenuation and log-normal
+shadowing on top:
 
 * ``uniform``  (``low``, ``high``): g ~ U[low, high] (the paper's T1/T2 phases);
-* ``rayleigh`` (``mean``): Rayleigh fading, g ~ Exponential(mean);
+* ``rayleigh`` (``mean``): Rayleigh fading, g = |h|^2 ~ Exponential(mean);
 * ``rician``   (``k_factor``, ``mean``): a line-of-sight path with K times the power of the
-  scattered part, mean power ``mean``;
-* ``nakagami`` (``m``, ``mean``): g ~ Gamma(shape m, scale mean / m);
-* any group: ``attenuation_db`` (e.g. rain fade) scales g by 10^(-dB/10), and ``shadowing_db``
-  multiplies it by 10^(N(0, sigma_dB)/10).
+  scattered part, mean power ``mean`` (K = 0 is Rayleigh);
+* ``nakagami`` (``m``, ``mean``): Nakagami-m fading, g ~ Gamma(shape m, scale mean / m), m >= 0.5;
+* any group, optional: ``attenuation_db`` (path loss, rain fade) scales g by 10^(-dB/10), and
+  ``shadowing_db`` (sigma in dB) multiplies it by 10^(N(0, sigma^2)/10), one draw per channel.
 
-Scenario files are TOML::
+Scenario files are TOML (``aigxctl scenarios show t1 --toml`` prints one to start from)::
 
-    name = "rainstorm"
+    name = "rainstorm"         # optional (default: the file name)
     description = "T1 channels under 3 dB of rain fade, with shadowing"
-    total_power = 0.2          # P, optional (default 0.2)
+    channels = 20              # M, optional; when given it must match the groups' sum
+    total_power = 0.2          # P in watts, optional (default 0.2)
     noise = 1.0                # sigma^2, optional (default 1)
 
-    [[groups]]
+    [[groups]]                 # channels 1..10
     channels = 10
     model = "rician"
     k_factor = 4.0
     mean = 6.5
     attenuation_db = 3.0
 
-    [[groups]]
+    [[groups]]                 # channels 11..20
     channels = 10
     model = "nakagami"
     m = 2.0
     mean = 4.5
     shadowing_db = 2.0
 
-M is the sum of the groups' ``channels`` (``channels = M`` at the top level is optional and,
-when given, must match). Every mistake is a UserError naming the file and the key.
+Every mistake is a UserError naming the file and the key, e.g.
+``rain.toml: groups[1].model: unknown model 'foo' (choose uniform, rayleigh, rician, nakagami)``
+(groups are numbered from 0, as the ``[[groups]]`` tables appear).
+
+Reproducible draws: :func:`draw_chunks` splits the N rows into blocks of ``CHUNK_ROWS`` and gives
+every (block, group) its own generator, spawned from ``SeedSequence(seed)``. So the rows depend
+on the seed alone: not on how many rows are asked for (N = 1000 gives the first 1000 rows of
+N = 10^6) and not on the chunk size the caller consumes them in.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,9 +63,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["MODELS", "Group", "Scenario", "builtin", "draw_chunks", "estimate", "get"]
+__all__ = [
+    "CHUNK_ROWS",
+    "MODELS",
+    "Group",
+    "Scenario",
+    "builtin",
+    "draw",
+    "draw_chunks",
+    "estimate",
+    "get",
+]
 
-# Parameters each model takes (all required), with their lower bounds (exclusive unless noted).
+# The parameters each model takes (all required).
 MODELS: dict[str, tuple[str, ...]] = {
     "uniform": ("low", "high"),
     "rayleigh": ("mean",),
@@ -65,21 +83,28 @@ MODELS: dict[str, tuple[str, ...]] = {
     "nakagami": ("m", "mean"),
 }
 OPTIONAL = ("attenuation_db", "shadowing_db")
-CHUNK_ROWS = 1 << 16  # rows drawn per generator, so results never depend on memory limits
+TOP_KEYS = ("name", "description", "channels", "total_power", "noise", "groups")
+# Rows per generator block. Part of the definition of a seed's draws: changing it changes every
+# dataset, so it is a constant, not an option.
+CHUNK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
 class Group:
-    """``channels`` consecutive channels drawn from one model."""
+    """``channels`` consecutive channels drawn from one model (see the module docstring)."""
 
     channels: int
     model: str
-    params: dict[str, float] = field(default_factory=dict)
+    params: dict[str, float] = field(default_factory=dict, hash=False)
     attenuation_db: float = 0.0
     shadowing_db: float = 0.0
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Power gains ``[n, channels]``, float64, >= 0."""
+    def sample(
+        self, n: int, rng: np.random.Generator, shadow_rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """Power gains ``[n, channels]``, float64, >= 0. Shadowing draws from ``shadow_rng``
+        (default ``rng``). Each stream is consumed row by row, so the first k rows of a draw of n
+        rows are a draw of k rows."""
         shape = (n, self.channels)
         p = self.params
         if self.model == "uniform":
@@ -88,11 +113,11 @@ class Group:
             g = rng.exponential(p["mean"], size=shape)
         elif self.model == "rician":
             k, mean = p["k_factor"], p["mean"]
-            los = np.sqrt(mean * k / (k + 1.0))
-            scatter = np.sqrt(mean / (2.0 * (k + 1.0)))
-            re = los + scatter * rng.standard_normal(shape)
-            im = scatter * rng.standard_normal(shape)
-            g = re * re + im * im
+            # h = LOS + CN(0, scatter^2): |LOS|^2 = K mean/(K+1), E|scatter|^2 = mean/(K+1).
+            z = rng.standard_normal((n, self.channels, 2))  # re, im side by side: row order
+            z *= np.sqrt(mean / (2.0 * (k + 1.0)))
+            z[..., 0] += np.sqrt(mean * k / (k + 1.0))
+            g = np.square(z, out=z).sum(axis=2)
         elif self.model == "nakagami":
             g = rng.gamma(p["m"], p["mean"] / p["m"], size=shape)
         else:  # guarded by Scenario.from_dict
@@ -100,17 +125,30 @@ class Group:
         if self.attenuation_db:
             g *= 10.0 ** (-self.attenuation_db / 10.0)
         if self.shadowing_db:
-            g *= 10.0 ** (rng.standard_normal(shape) * (self.shadowing_db / 10.0))
+            shadow = (shadow_rng or rng).standard_normal(shape)
+            shadow *= self.shadowing_db * np.log(10.0) / 10.0
+            g *= np.exp(shadow, out=shadow)
         return g
 
     def describe(self) -> str:
-        args = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        """One line, e.g. ``10 x U[5, 8]`` or ``10 x rician(k_factor=4, mean=6.5), -3 dB``."""
+        if self.model == "uniform":
+            law = f"U[{self.params['low']:g}, {self.params['high']:g}]"
+        else:
+            law = f"{self.model}({', '.join(f'{k}={v:g}' for k, v in self.params.items())})"
         extra = ""
         if self.attenuation_db:
-            extra += f", -{self.attenuation_db:g} dB"
+            extra += f", {-self.attenuation_db:+g} dB"
         if self.shadowing_db:
             extra += f", shadowing {self.shadowing_db:g} dB"
-        return f"{self.channels} x {self.model}({args}){extra}"
+        return f"{self.channels} x {law}{extra}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"channels": self.channels, "model": self.model, **self.params}
+        for key in OPTIONAL:
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        return d
 
 
 @dataclass(frozen=True)
@@ -125,32 +163,43 @@ class Scenario:
 
     @property
     def m(self) -> int:
+        """The number of channels M (the groups' channels added up)."""
         return sum(g.channels for g in self.groups)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Gain vectors ``[n, M]``, float64."""
+        """Gain vectors ``[n, M]``, float64, >= 0, all drawn from ``rng``. (Datasets use
+        :func:`draw_chunks`, whose rows depend on the seed alone.)"""
         return np.concatenate([g.sample(n, rng) for g in self.groups], axis=1)
 
     def with_power(self, total_power: float) -> Scenario:
-        return replace(self, total_power=float(total_power))
+        """The same scenario with another power budget P."""
+        total_power = float(total_power)
+        if not np.isfinite(total_power) or total_power <= 0:
+            raise UserError(f"total power must be a finite number > 0, got {total_power!r}")
+        return replace(self, total_power=total_power)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; ``Scenario.from_dict`` reads it back."""
-        groups = []
-        for g in self.groups:
-            d: dict[str, Any] = {"channels": g.channels, "model": g.model, **g.params}
-            for key in OPTIONAL:
-                if getattr(g, key):
-                    d[key] = getattr(g, key)
-            groups.append(d)
         return {
             "name": self.name,
             "description": self.description,
             "channels": self.m,
             "total_power": self.total_power,
             "noise": self.noise,
-            "groups": groups,
+            "groups": [g.to_dict() for g in self.groups],
         }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def to_toml(self) -> str:
+        """The scenario as a TOML file that :func:`get` reads back to an equal scenario."""
+        d = self.to_dict()
+        groups = d.pop("groups")
+        lines = [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+        for g in groups:
+            lines += ["", "[[groups]]", *(f"{k} = {_toml_value(v)}" for k, v in g.items())]
+        return "\n".join(lines) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "scenario") -> Scenario:
@@ -159,40 +208,43 @@ class Scenario:
         def err(key: str, msg: str) -> UserError:
             return UserError(f"{source}: {key}: {msg}")
 
-        known = {"name", "description", "channels", "total_power", "noise", "groups"}
         for key in data:
-            if key not in known:
-                raise err(key, f"unknown key (expected one of {', '.join(sorted(known))})")
-        raw_groups = data.get("groups")
-        if not isinstance(raw_groups, list) or not raw_groups:
+            if key not in TOP_KEYS:
+                raise err(key, f"unknown key (expected one of {', '.join(TOP_KEYS)})")
+        if "groups" not in data:
             raise err("groups", "missing: a scenario needs at least one [[groups]] table")
-        groups = [_group(g, f"groups[{i}]", err) for i, g in enumerate(raw_groups)]
+        raw_groups = data["groups"]
+        if not isinstance(raw_groups, list) or not raw_groups:
+            raise err("groups", "must be a non-empty array of [[groups]] tables")
+        groups = tuple(_group(g, f"groups[{i}]", err) for i, g in enumerate(raw_groups))
         m = sum(g.channels for g in groups)
         if "channels" in data:
             declared = _number(data["channels"], "channels", err)
             if declared != m:
                 raise err("channels", f"is {declared:g} but the groups add up to {m} channels")
-        total_power = _number(data.get("total_power", 0.2), "total_power", err)
-        noise = _number(data.get("noise", 1.0), "noise", err)
-        for key, value in (("total_power", total_power), ("noise", noise)):
-            if not value > 0:
-                raise err(key, f"must be > 0, got {value:g}")
+        values = {}
+        for key, default in (("total_power", 0.2), ("noise", 1.0)):
+            values[key] = _number(data.get(key, default), key, err)
+            if not values[key] > 0:
+                raise err(key, f"must be > 0, got {values[key]:g}")
         name = data.get("name", Path(source).stem)
-        if not isinstance(name, str) or not name:
-            raise err("name", "must be a non-empty string")
-        return cls(
-            name=name,
-            groups=tuple(groups),
-            total_power=total_power,
-            noise=noise,
-            description=str(data.get("description", "")),
-        )
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+        if not isinstance(name, str) or not name.strip():
+            raise err("name", f"must be a non-empty string, got {name!r}")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise err("description", f"must be a string, got {description!r}")
+        return cls(name=name, groups=groups, description=description, **values)
 
 
-def _number(value: Any, key: str, err: Any) -> float:
+def _toml_value(v: Any) -> str:
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)  # int, or a finite float (validated): repr is valid TOML
+
+
+def _number(value: Any, key: str, err: Callable[[str, str], UserError]) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise err(key, f"must be a number, got {value!r}")
     value = float(value)
@@ -201,23 +253,21 @@ def _number(value: Any, key: str, err: Any) -> float:
     return value
 
 
-def _group(raw: Any, where: str, err: Any) -> Group:
+def _group(raw: Any, where: str, err: Callable[[str, str], UserError]) -> Group:
     if not isinstance(raw, dict):
         raise err(where, "must be a table")
-    model = raw.get("model")
-    if model is None:
-        raise err(f"{where}.model", f"missing (choose {', '.join(MODELS)})")
+    choose = f"choose {', '.join(MODELS)}"
+    if "model" not in raw:
+        raise err(f"{where}.model", f"missing ({choose})")
+    model = raw["model"]
     if model not in MODELS:
-        raise err(f"{where}.model", f"unknown model {model!r} (choose {', '.join(MODELS)})")
-    allowed = {"channels", "model", *MODELS[model], *OPTIONAL}
+        raise err(f"{where}.model", f"unknown model {model!r} ({choose})")
+    takes = MODELS[model] + OPTIONAL
     for key in raw:
-        if key not in allowed:
-            raise err(
-                f"{where}.{key}",
-                f"not a parameter of {model} (it takes {', '.join(MODELS[model] + OPTIONAL)})",
-            )
+        if key not in ("channels", "model", *takes):
+            raise err(f"{where}.{key}", f"not a parameter of {model} (it takes {', '.join(takes)})")
     if "channels" not in raw:
-        raise err(f"{where}.channels", "missing")
+        raise err(f"{where}.channels", "missing (how many channels this group draws)")
     channels = raw["channels"]
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise err(f"{where}.channels", f"must be an integer >= 1, got {channels!r}")
@@ -226,24 +276,17 @@ def _group(raw: Any, where: str, err: Any) -> Group:
         if key not in raw:
             raise err(f"{where}.{key}", f"missing ({model} needs {', '.join(MODELS[model])})")
         params[key] = _number(raw[key], f"{where}.{key}", err)
-    if model == "uniform":
-        if params["low"] < 0:
-            raise err(f"{where}.low", f"must be >= 0 (a power gain), got {params['low']:g}")
-        if params["high"] <= params["low"]:
-            raise err(f"{where}.high", f"must be > low ({params['low']:g}), got {params['high']:g}")
-    else:
-        for key in MODELS[model]:
-            if key == "k_factor":
-                if params[key] < 0:
-                    raise err(f"{where}.{key}", f"must be >= 0, got {params[key]:g}")
-            elif key == "m":
-                if params[key] < 0.5:
-                    raise err(f"{where}.m", f"must be >= 0.5 (Nakagami), got {params[key]:g}")
-            elif params[key] <= 0:
-                raise err(f"{where}.{key}", f"must be > 0, got {params[key]:g}")
+    bounds = {"low": 0.0, "k_factor": 0.0, "m": 0.5}  # inclusive lower bounds; others > 0
+    for key, value in params.items():
+        if key in bounds and value < bounds[key]:
+            raise err(f"{where}.{key}", f"must be >= {bounds[key]:g}, got {value:g}")
+        if key not in bounds and value <= 0:
+            raise err(f"{where}.{key}", f"must be > 0, got {value:g}")
+    if model == "uniform" and params["high"] <= params["low"]:
+        raise err(f"{where}.high", f"must be > low ({params['low']:g}), got {params['high']:g}")
     extra = {k: _number(raw[k], f"{where}.{k}", err) for k in OPTIONAL if k in raw}
     if extra.get("shadowing_db", 0.0) < 0:
-        raise err(f"{where}.shadowing_db", "must be >= 0")
+        raise err(f"{where}.shadowing_db", f"must be >= 0, got {extra['shadowing_db']:g}")
     return Group(channels=channels, model=model, params=params, **extra)
 
 
@@ -252,7 +295,7 @@ def builtin() -> dict[str, Scenario]:
     return {
         "t1": Scenario(
             name="t1",
-            description="T1, good weather: g1..g10 ~ U[5,8], g11..g20 ~ U[3,6]",
+            description="the paper's T1, good weather",
             groups=(
                 Group(10, "uniform", {"low": 5.0, "high": 8.0}),
                 Group(10, "uniform", {"low": 3.0, "high": 6.0}),
@@ -260,7 +303,7 @@ def builtin() -> dict[str, Scenario]:
         ),
         "t2": Scenario(
             name="t2",
-            description="T2, rainstorm: all 20 gains ~ U[1,7]",
+            description="the paper's T2, rainstorm",
             groups=(Group(20, "uniform", {"low": 1.0, "high": 7.0}),),
         ),
     }
@@ -281,18 +324,89 @@ def get(name_or_path: str | Path) -> Scenario:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{key}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{key}: cannot read ({exc})") from None
+    except IsADirectoryError:
+        raise UserError(f"{key}: is a directory, expected a scenario .toml file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{key}: not a text TOML file (it is not UTF-8)") from None
+    except OSError as exc:
+        raise UserError(f"{key}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{key}: not valid TOML ({exc})") from None
     return Scenario.from_dict(data, source=key)
 
 
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def _block(scenario: Scenario, seed: int, index: int, rows: int) -> np.ndarray:
+    """Rows of block ``index``: group j draws from the streams (index, j, 0), shadowing from
+    (index, j, 1), all children of ``SeedSequence(seed)``."""
+
+    def rng(*key: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+    if len(scenario.groups) == 1:
+        g = scenario.groups[0]
+        return g.sample(rows, rng(index, 0, 0), rng(index, 0, 1))
+    out = np.empty((rows, scenario.m))
+    col = 0
+    for j, g in enumerate(scenario.groups):
+        out[:, col : col + g.channels] = g.sample(rows, rng(index, j, 0), rng(index, j, 1))
+        col += g.channels
+    return out
+
+
+def draw_chunks(
+    scenario: Scenario, samples: int, seed: int, chunk: int = CHUNK_ROWS
+) -> Iterator[np.ndarray]:
+    """Gain vectors ``[<= chunk, M]`` (float64), ``samples`` rows in all, in order.
+
+    The rows depend on ``seed`` alone (see the module docstring): the same whatever ``chunk``
+    is, and the first k rows of a longer draw are the draw of k rows. Memory stays bounded by
+    about ``chunk + CHUNK_ROWS`` rows.
+    """
+    seed = _check_seed(seed)
+    if samples < 0:
+        raise UserError(f"samples must be >= 0, got {samples}")
+    if chunk < 1:
+        raise UserError(f"chunk must be >= 1, got {chunk}")
+    pending: list[np.ndarray] = []
+    have = 0
+    for index, start in enumerate(range(0, samples, CHUNK_ROWS)):
+        pending.append(_block(scenario, seed, index, min(CHUNK_ROWS, samples - start)))
+        have += len(pending[-1])
+        while have >= chunk:
+            rows = pending[0] if len(pending) == 1 else np.concatenate(pending)
+            yield rows[:chunk]
+            pending = [rows[chunk:]] if have > chunk else []
+            have -= chunk
+    if have:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+
+
+def draw(scenario: Scenario, samples: int, seed: int) -> np.ndarray:
+    """All ``samples`` rows of :func:`draw_chunks` in one array ``[samples, M]``."""
+    if samples < 0:
+        raise UserError(f"samples must be >= 0, got {samples}")
+    out = np.empty((samples, scenario.m))
+    done = 0
+    for rows in draw_chunks(scenario, samples, seed):
+        out[done : done + len(rows)] = rows
+        done += len(rows)
+    return out
+
+
 def estimate(scenario: Scenario, samples: int = 20000, seed: int = 0) -> dict[str, float]:
-    """Quick look at a scenario: mean gain, and the optimum's and equal split's mean sum rates."""
+    """A quick look at what there is to win: the mean gain, and the mean sum rates of the
+    water-filling optimum and of the equal split on ``samples`` draws."""
     from aigxctl import core
 
-    g = np.concatenate(list(draw_chunks(scenario, samples, seed)))
+    if samples < 1:
+        raise UserError(f"samples must be >= 1, got {samples}")
+    g = draw(scenario, samples, seed)
     p, s2 = scenario.total_power, scenario.noise
     opt = float(core.sum_rate(g, core.waterfill(g, p, s2), s2).mean())
     equal = float(core.sum_rate(g, np.full_like(g, p / scenario.m), s2).mean())
@@ -302,11 +416,3 @@ def estimate(scenario: Scenario, samples: int = 20000, seed: int = 0) -> dict[st
         "equal_rate": equal,
         "optimum_gain_over_equal": opt / equal - 1.0,
     }
-
-
-def draw_chunks(scenario: Scenario, samples: int, seed: int) -> Iterator[np.ndarray]:
-    """Gain vectors in chunks of ``CHUNK_ROWS``; chunk i comes from its own generator seeded by
-    (seed, i), so the draws depend on the seed alone, never on how they are consumed."""
-    for i, start in enumerate(range(0, samples, CHUNK_ROWS)):
-        n = min(CHUNK_ROWS, samples - start)
-        yield scenario.sample(n, np.random.default_rng([seed, i]))
