@@ -13,7 +13,7 @@ import torch
 
 from aigxctl import core
 from aigxctl.checkpoint import load_model, save_model
-from aigxctl.diffusion import Schedule, sample_reference, to_allocation
+from aigxctl.diffusion import Schedule, loss, rate_regret, sample_reference, to_allocation
 from aigxctl.errors import UserError
 from aigxctl.fused import FusedSampler
 from aigxctl.model import GDM, Denoiser, MLPAllocator, Regressor
@@ -191,3 +191,67 @@ def test_fused_cuda_matches_cpu(mode):
     b = model.fused_sampler().sample(torch.as_tensor(gains, device="cuda"), 0.2,
                                      mode="ancestral", seed=4)  # fmt: skip
     np.testing.assert_allclose(b.cpu().numpy(), a, atol=1e-5)
+
+
+def test_rate_regret_is_the_lost_fraction_of_the_optimum():
+    gains = np.random.default_rng(8).uniform(3, 8, (64, 20))
+    p_opt = core.waterfill(gains, 0.2, 1.0)
+    g, x0 = torch.as_tensor(gains), torch.as_tensor(p_opt / 0.2)
+    assert float(rate_regret(x0, x0, g, 0.2, 1.0)) == pytest.approx(0.0, abs=1e-12)
+    assert float(rate_regret(-3 * x0, x0, g, 0.2, 1.0)) == pytest.approx(0.0, abs=1e-12)
+    flat = torch.full_like(x0, 0.05)
+    expected = 1 - core.sum_rate(gains, np.full_like(gains, 0.01)) / core.sum_rate(gains, p_opt)
+    assert float(rate_regret(flat, x0, g, 0.2, 1.0)) == pytest.approx(expected.mean(), rel=1e-9)
+    # Its gradient pulls a switched-off channel's output to zero from either side.
+    off = int(np.argmax(p_opt[0] == 0))
+    for sign in (1.0, -1.0):
+        x_hat = x0[:1].clone()
+        x_hat[0, off] = sign * 0.01
+        x_hat.requires_grad_(True)
+        rate_regret(x_hat, x0[:1], g[:1], 0.2, 1.0).backward()
+        assert sign * float(x_hat.grad[0, off]) > 0
+
+
+def test_loss_adds_the_regret_only_when_asked():
+    model = make_gdm(hidden=16)
+    g = np.random.default_rng(9).uniform(3, 8, (32, 20))
+    gains = torch.as_tensor(g, dtype=torch.float32)
+    x0 = torch.as_tensor(core.waterfill(g, 0.2, 1.0) / 0.2, dtype=torch.float32)  # the optimum
+    cond = model.normalise(gains)
+
+    def value(**kw):
+        with torch.no_grad():
+            return float(loss(model.denoiser, model.schedule, x0, cond, "x0",
+                              torch.Generator().manual_seed(0), **kw))  # fmt: skip
+
+    assert value() == value(rate_weight=0.0, gains=gains)
+    assert value(rate_weight=1.0, gains=gains, total_power=0.2) > value()
+
+
+def test_tensor_in_tensor_out():
+    model = make_gdm()
+    g = torch.rand(6, 20, dtype=torch.float64) * 5
+    p = model.allocate(g, seed=0)
+    assert isinstance(p, torch.Tensor) and p.dtype == torch.float64 and p.shape == (6, 20)
+    np.testing.assert_array_equal(p.numpy(), model.allocate(g.numpy(), seed=0))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"cond_std": [1.0] * 19},
+        {"cond_std": [0.0] * 20},
+        {"cond_mean": ["a"] * 20},
+        {"total_power": -1},
+        {"noise": "loud"},
+        {"pred": "v"},
+        {"steps": 0},
+        {"m": 8},
+    ],
+)
+def test_config_with_bad_values_is_damaged(tmp_path: Path, change):
+    save_model(make_gdm(hidden=16), tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(UserError, match="damaged"):
+        load_model(tmp_path / "m")

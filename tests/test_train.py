@@ -19,6 +19,16 @@ from aigxctl.train import TrainConfig, train
 TINY = {"hidden": 16, "batch": 64, "val_every": 20, "val_samples": 100}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and much faster than on two when the machine is
+    shared (two OpenMP threads then wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "t1.npz"
@@ -128,3 +138,30 @@ def test_cli_pipeline(run, tmp_path):
     assert res.exit_code == 0 and "fused" in res.stdout
     res = run("evaluate", "--model", tmp_path / "nope", "--scenario", "t1")
     assert res.exit_code == 2 and "no such model directory" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rate_weight": -1.0}, "--rate-weight"),
+        ({"rate_weight": float("nan")}, "--rate-weight"),
+        ({"steps": 0}, "--steps"),
+        ({"lr": 0.0}, "--lr"),
+        ({"arch": "cnn"}, "--arch"),
+        ({"pred": "v"}, "--pred"),
+        ({"schedule": "sigmoid"}, "--schedule"),
+        ({"resume": True, "init": "x"}, "exclude each other"),
+        ({"data": []}, "--data"),
+    ],
+)
+def test_options_are_checked(tmp_path, change, message):
+    cfg = {"data": ["unused.npz"], "out": str(tmp_path / "m"), **TINY, **change}
+    with pytest.raises(UserError, match=message):
+        train(TrainConfig(**cfg))
+
+
+def test_mse_only_training_is_recorded(dataset, tmp_path):
+    out = tmp_path / "mse"
+    train(TrainConfig(data=[str(dataset)], out=str(out), steps=5, rate_weight=0.0, **TINY))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["rate_weight"] == 0.0 and cfg["train"]["steps"] == 5

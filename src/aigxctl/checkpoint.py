@@ -9,6 +9,7 @@ checkpoint. Training state for ``--resume`` (optimizer moments, step, RNG) goes 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,6 +82,9 @@ def save_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = model_config(model, extra)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)  # mkdtemp makes the directory 0700; give it what mkdir would
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in _module(model).state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
@@ -126,6 +130,11 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         m = int(cfg["m"])
         if cfg["arch"] not in ("gdm", "mlp") or m < 1 or len(cfg["cond_mean"]) != m:
+            raise ValueError
+        std = np.asarray(cfg["cond_std"], dtype=np.float64)
+        if std.shape != (m,) or not np.all(std > 0) or not np.all(np.isfinite(cfg["cond_mean"])):
+            raise ValueError
+        if not (float(cfg["total_power"]) > 0 and float(cfg["noise"]) > 0):
             raise ValueError
         if cfg["arch"] == "gdm" and (
             cfg["schedule"] not in SCHEDULES or cfg["pred"] not in PREDICTIONS

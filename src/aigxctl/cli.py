@@ -432,6 +432,12 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel processes (DDP).")] = 1,
     pred: Annotated[str, typer.Option("--pred", help="x0 or eps prediction.")] = "x0",
+    rate_weight: Annotated[
+        float,
+        typer.Option(
+            "--rate-weight", help="Weight of the sum-rate regret beside the MSE (0 = MSE only)."
+        ),
+    ] = 0.01,
     schedule: Annotated[str, typer.Option("--schedule", help="vp, linear or cosine.")] = "vp",
     denoise_steps: Annotated[int, typer.Option("--denoise-steps", help="T.")] = 6,
     hidden: Annotated[int, typer.Option("--hidden", help="Hidden width.")] = 256,
@@ -471,6 +477,7 @@ def train(
         device=device,
         nproc=nproc,
         pred=pred,
+        rate_weight=rate_weight,
         schedule=schedule,
         denoise_steps=denoise_steps,
         hidden=hidden,

@@ -20,6 +20,7 @@ __all__ = [
     "Schedule",
     "loss",
     "make_betas",
+    "rate_regret",
     "sample_reference",
 ]
 
@@ -98,9 +99,18 @@ def loss(
     cond: torch.Tensor,
     pred: str,
     generator: torch.Generator | None = None,
+    *,
+    rate_weight: float = 0.0,
+    gains: torch.Tensor | None = None,
+    total_power: float = 1.0,
+    noise: float = 1.0,
 ) -> torch.Tensor:
-    """MSE of one training step: noise the expert sample ``x0 [B, M]`` to a random step and
-    regress the output on the clean sample (``x0``) or on the added noise (``eps``)."""
+    """Loss of one training step: noise the expert sample ``x0 [B, M]`` to a random step and
+    regress the output on the clean sample (``x0``) or on the added noise (``eps``), MSE.
+
+    With ``rate_weight`` > 0 and the raw ``gains [B, M]`` (with P and sigma^2), add
+    ``rate_weight`` times the :func:`rate_regret` of the clean sample the output implies.
+    """
     b = x0.shape[0]
     t = torch.randint(0, schedule.steps, (b,), device=x0.device, generator=generator)
     eps = torch.randn(x0.shape, device=x0.device, generator=generator)
@@ -108,7 +118,37 @@ def loss(
     s1m = schedule.sqrt_1m_abar.to(x0.device)[t, None]
     xt = sa * x0 + s1m * eps
     out = denoiser(xt, t.to(x0.dtype), cond)
-    return torch.nn.functional.mse_loss(out, x0 if pred == "x0" else eps)
+    value = torch.nn.functional.mse_loss(out, x0 if pred == "x0" else eps)
+    if rate_weight > 0 and gains is not None:
+        x0_hat = out if pred == "x0" else (xt - s1m * out) / sa
+        regret = rate_regret(x0_hat.clamp(-1.0, 1.0), x0, gains, total_power, noise)
+        value = value + rate_weight * regret
+    return value
+
+
+def rate_regret(
+    x_hat: torch.Tensor,
+    x0: torch.Tensor,
+    gains: torch.Tensor,
+    total_power: float = 1.0,
+    noise: float = 1.0,
+) -> torch.Tensor:
+    """Mean relative sum-rate loss of the allocation ``P |x_hat| / sum |x_hat|`` (what sampling
+    turns a sample into) against the expert's ``P x0``: 1 - its fraction of the optimum.
+
+    Why train on it: MSE spends its effort evenly over the channels, but the rate is lost almost
+    only on the channels water-filling switches off. An output of +-0.003 on such a channel
+    becomes wasted power after ``|x|``, while the same error on an active channel costs next to
+    nothing (the rate is flat at its optimum). On T1 a model trained on MSE alone loses 0.35 %
+    of the optimum, 0.3 % of it on those channels. This term weighs errors by what they cost,
+    and its gradient through ``|x|`` pulls the outputs of switched-off channels to zero.
+    """
+    a = x_hat.abs()
+    frac = a / a.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    snr = gains * (total_power / noise)
+    rate = torch.log1p(snr * frac).sum(dim=-1)
+    best = torch.log1p(snr * x0).sum(dim=-1)
+    return ((best - rate) / best.clamp_min(1e-12)).mean()
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ drift reaches an agent that keeps training.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -22,16 +22,14 @@ import numpy as np
 from aigxctl import core
 from aigxctl.errors import UserError
 
-__all__ = ["ACTION_MAPS", "PowerAllocationEnv", "action_to_power"]
+__all__ = ["ACTION_MAPS", "PowerAllocationEnv", "StandardizedGains", "action_to_power"]
 
 # How an action a in [-1, 1]^M becomes an allocation (see action_to_power).
 ACTION_MAPS = ("softmax", "relu", "abs", "linear")
 SOFTMAX_SCALE = 5.0  # a in [-1, 1] -> logits in [-5, 5]: weights can differ by e^10 ~ 2e4
 
 
-def action_to_power(
-    action: np.ndarray, total_power: float, mapping: str = "softmax"
-) -> np.ndarray:
+def action_to_power(action: np.ndarray, total_power: float, mapping: str = "softmax") -> np.ndarray:
     """Map actions ``[..., M]`` in [-1, 1] to powers ``[..., M]`` >= 0 adding up to
     ``total_power`` (float64).
 
@@ -54,9 +52,8 @@ def action_to_power(
     else:
         raise UserError(f"unknown action mapping {mapping!r}; choose from {', '.join(ACTION_MAPS)}")
     total = w.sum(axis=-1, keepdims=True)
-    m = a.shape[-1]
     # A row with no weight at all (possible for relu/abs/linear) falls back to the equal split.
-    frac = np.where(total > 0, w / np.where(total > 0, total, 1.0), 1.0 / m)
+    frac = np.divide(w, total, out=np.full_like(w, 1.0 / a.shape[-1]), where=total > 0)
     return total_power * frac
 
 
@@ -70,7 +67,7 @@ class PowerAllocationEnv(gym.Env):
         action_map: how actions become allocations, one of ``ACTION_MAPS``.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, scenario: Any, *, seed: int | None = None, action_map: str = "softmax"):
         super().__init__()
@@ -124,3 +121,18 @@ class PowerAllocationEnv(gym.Env):
         obs = g.astype(np.float32)  # the episode is over; the final observation is unused
         self._gains = None
         return obs, rate, True, False, info
+
+
+class StandardizedGains(gym.ObservationWrapper):
+    """Shows the agent ``(gains - mean) / std`` (per channel, float32), as the generative model
+    normalises its condition; the reward and ``info`` are unchanged."""
+
+    def __init__(self, env: gym.Env, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__(env)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        shape = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return (observation - self.mean) / self.std

@@ -99,6 +99,15 @@ def _as_gains(gains: Any, m: int) -> tuple[np.ndarray, bool]:
     return g, single
 
 
+def _like(gains: Any, power: np.ndarray) -> Any:
+    """``power`` as the same kind of array as ``gains``: a torch tensor (same device, float
+    dtype) for tensor input, NumPy float64 otherwise."""
+    if not core.is_torch(gains):
+        return power
+    dtype = gains.dtype if gains.dtype.is_floating_point else torch.float32
+    return torch.as_tensor(power, dtype=dtype, device=gains.device)
+
+
 @dataclass
 class GDM:
     """A trained conditional diffusion allocator."""
@@ -189,6 +198,7 @@ class GDM:
 
         ``mode`` ``ddim`` (deterministic, the default) or ``ancestral``; ``best_of`` K draws K
         candidates per row and keeps the one with the highest sum rate; ``seed`` fixes the noise.
+        A torch tensor in gives a tensor out (same device), NumPy gives NumPy.
         """
         mode = mode or self.mode
         k = best_of or self.best_of
@@ -216,7 +226,7 @@ class GDM:
             rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
             best = rates.argmax(axis=0)
             out = out.reshape(k, b, -1)[best, np.arange(b)]
-        return out[0] if single else out
+        return _like(gains, out[0] if single else out)
 
 
 @dataclass
@@ -253,7 +263,7 @@ class MLPAllocator:
             y = self.net((gt - mean) / std)
             p = to_allocation(y, torch.as_tensor(p_rows, dtype=torch.float32, device=dev))
         out = p.cpu().numpy().astype(np.float64)
-        return out[0] if single else out
+        return _like(gains, out[0] if single else out)
 
 
 def timed_allocate(
