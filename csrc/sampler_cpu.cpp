@@ -11,14 +11,6 @@
 #include "ops.h"
 #include "thread_pool.h"
 
-// Hot loops are compiled twice, for baseline x86-64 and for AVX2 + FMA, and picked at load time,
-// so the wheel stays portable and still uses the wide units where they exist.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AIGX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define AIGX_MULTIVERSION
-#endif
-
 namespace aigx {
 namespace {
 

@@ -13,12 +13,6 @@
 #include "thread_pool.h"
 #include "waterfill.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AIGX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define AIGX_MULTIVERSION
-#endif
-
 namespace aigx {
 
 typedef double v4d __attribute__((vector_size(32)));

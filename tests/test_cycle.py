@@ -39,6 +39,22 @@ def test_tiny_cycle_writes_report_plot_and_checkpoints(tmp_path: Path):
     assert {r["phase"] for r in rows} >= {"T1", "T2", "T3"}
 
 
+def test_tiny_cycle_with_sac_saves_the_agent_and_what_it_got(tmp_path: Path):
+    pytest.importorskip("stable_baselines3")
+    from dataclasses import replace
+
+    from aigxctl.baselines.sac import SACBaseline
+
+    cfg = replace(TINY, sac=True, sac_steps=64, mlp=False, retrain="finetune")
+    doc = run_cycle(cfg, tmp_path / "run")
+    assert all("sac" in p["methods"] for p in doc["phases"])
+    assert doc["sac"]["status"] == "trained"
+    assert [h["samples"] for h in doc["sac"]["history"]] == [64, 64]
+    assert [h["scenario"] for h in doc["sac"]["history"]] == ["t1", "t2"]
+    for name in ("t1_sac", "t3_sac"):
+        assert SACBaseline.load(tmp_path / "run" / "models" / name).m == 20
+
+
 def test_cycle_config_file_and_errors(tmp_path: Path):
     good = tmp_path / "c.toml"
     good.write_text('[cycle]\nsamples = 100\nretrain = "combined"\nt3_lr = 1\n')
@@ -51,6 +67,9 @@ def test_cycle_config_file_and_errors(tmp_path: Path):
         "[cycle]\nsamples = 0\n": "samples must be >= 1",
         '[cycle]\nsamples = "many"\n': "cycle.samples: expected int",
         '[cycle]\nretrain = "never"\n': "retrain must be",
+        "[cycle]\nt3_lr = 0\n": "t3_lr must be a finite number > 0",
+        "[cycle]\nt3_rate_weight = -0.5\n": "t3_rate_weight must be a finite number >= 0",
+        "[cycle]\nrate_weight = nan\n": "rate_weight must be a finite number >= 0",
         '[cycle]\nt1_scenario = "t9"\n': "unknown scenario 't9'",
         "[cycle\n": "not valid TOML",
     }

@@ -91,7 +91,7 @@ class SACConfig:
     learning_rate: float = 3e-3
     batch_size: int = 256
     net: tuple[int, ...] = (64, 64)
-    n_envs: int = 4
+    n_envs: int = 8
     gradient_steps: int = 1
     learning_starts: int = 1000
     buffer_size: int = 200_000
