@@ -67,6 +67,8 @@ def test_cycle_config_file_and_errors(tmp_path: Path):
         "[cycle]\nsamples = 0\n": "samples must be >= 1",
         '[cycle]\nsamples = "many"\n': "cycle.samples: expected int",
         '[cycle]\nretrain = "never"\n': "retrain must be",
+        '[cycle]\ntraining = "guess"\n': "training must be expert or reward",
+        '[cycle]\ntraining = "reward"\n': 'set retrain = "finetune"',
         "[cycle]\nt3_lr = 0\n": "t3_lr must be a finite number > 0",
         "[cycle]\nt3_rate_weight = -0.5\n": "t3_rate_weight must be a finite number >= 0",
         "[cycle]\nrate_weight = nan\n": "rate_weight must be a finite number >= 0",
@@ -96,6 +98,37 @@ def test_reward_training_learns_without_an_expert(tmp_path: Path):
     model = load_model(tmp_path / "rw")
     assert model.config["training"] == "reward"
     assert (tmp_path / "rw" / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_tiny_cycle_trains_the_gdm_from_the_reward(tmp_path: Path):
+    from dataclasses import replace
+
+    cfg = replace(TINY, training="reward", retrain="finetune", mlp=False)
+    doc = run_cycle(cfg, tmp_path / "run")
+    assert doc["config"]["training"] == "reward"
+    t1 = load_model(tmp_path / "run" / "models" / "t1_gdm")
+    t3 = load_model(tmp_path / "run" / "models" / "t3_gdm")
+    assert t1.config["training"] == t3.config["training"] == "reward"
+    assert t3.config["init"] == str(tmp_path / "run" / "models" / "t1_gdm")
+    assert t3.config["scenario"]["name"] == "t2"
+    # Fine-tuning keeps the T1 model's condition normalisation.
+    assert t3.config["cond_mean"] == t1.config["cond_mean"]
+    assert 0.5 < doc["phases"][2]["methods"]["gdm"]["fraction_of_optimum"] <= 1.0  # feasible
+
+
+def test_reward_fine_tuning_checks_the_initial_model(tmp_path: Path):
+    from aigxctl import data, scenarios
+    from aigxctl.train import TrainConfig, train
+
+    with pytest.raises(UserError, match="critic_warmup"):
+        train_reward(RewardConfig(scenario="t1", out=str(tmp_path / "x"), steps=5,
+                                  critic_warmup=5))  # fmt: skip
+    data.collect_to_file(scenarios.get("t1"), 200, 0, tmp_path / "d.npz")
+    train(TrainConfig(data=[str(tmp_path / "d.npz")], out=str(tmp_path / "mlp"), arch="mlp",
+                      steps=2, hidden=8, val_every=1))  # fmt: skip
+    with pytest.raises(UserError, match="cannot seed reward training"):
+        train_reward(RewardConfig(scenario="t2", out=str(tmp_path / "y"), steps=5,
+                                  init=str(tmp_path / "mlp")))  # fmt: skip
 
 
 def test_reward_mode_cli_checks_its_options(run, tmp_path: Path):

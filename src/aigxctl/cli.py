@@ -457,10 +457,9 @@ def train(
     if mode == "reward":
         if scenario is None or datasets:
             raise UserError("--mode reward takes --scenario NAME (and no --data)")
-        if arch != "gdm" or nproc != 1 or resume or init:
+        if arch != "gdm" or nproc != 1 or resume:
             raise UserError(
-                "--mode reward trains a fresh gdm in one process (no --arch/--nproc/"
-                "--resume/--init)"
+                "--mode reward trains a gdm in one process (no --arch/--nproc/--resume)"
             )
     elif scenario is not None:
         raise UserError("--scenario is for --mode reward; expert training reads --data")
@@ -515,6 +514,9 @@ def train(
                         hidden=hidden,
                         denoise_steps=denoise_steps,
                         val_every=val_every,
+                        init=str(init) if init else None,
+                        # A trained policy waits for its fresh critics (see RewardConfig).
+                        critic_warmup=min(200, steps // 5) if init else 0,
                     ),
                     progress,
                 )

@@ -24,6 +24,7 @@ from aigxctl.checkpoint import load_model
 from aigxctl.errors import UserError
 from aigxctl.evaluate import evaluate
 from aigxctl.files import atomic_path, atomic_write_text
+from aigxctl.reward import RewardConfig, train_reward
 from aigxctl.train import TrainConfig, train
 
 if sys.version_info >= (3, 11):
@@ -54,6 +55,11 @@ class CycleConfig:
     rate_weight: float = 0.01
     t3_rate_weight: float = 0.1
     retrain: str = "both"  # finetune (T2 data, from T1 weights) | combined (T1 + T2 data) | both
+    # How the GDM learns: "expert" regresses the water-filling labels of the collected data;
+    # "reward" learns from the sum rate alone through a learned double critic (aigxctl.reward),
+    # on fresh draws of the phase's scenario, t1_steps / t3_steps steps; retrain must then be
+    # "finetune". The MLP baseline always learns from the expert data.
+    training: str = "expert"
     eval_samples: int = 5000
     mlp: bool = True
     sac: bool = True
@@ -80,6 +86,12 @@ class CycleConfig:
     def check(self) -> None:
         if self.retrain not in ("finetune", "combined", "both"):
             raise UserError(f"retrain must be finetune, combined or both, got {self.retrain!r}")
+        if self.training not in ("expert", "reward"):
+            raise UserError(f"training must be expert or reward, got {self.training!r}")
+        if self.training == "reward" and self.retrain != "finetune":
+            raise UserError(
+                'training = "reward" retrains by fine-tuning on T2 draws: set retrain = "finetune"'
+            )
         for key in ("samples", "t1_steps", "t3_steps", "eval_samples", "hidden", "val_every"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -210,7 +222,20 @@ def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None)
             show(phase, status)
 
         t0 = time.perf_counter()
-        train(tc, progress)
+        if arch == "gdm" and cfg.training == "reward":
+            rc = RewardConfig(
+                scenario=cfg.t1_scenario if phase == "T1" else cfg.t2_scenario,
+                out=str(path),
+                steps=steps,
+                hidden=cfg.hidden,
+                seed=cfg.seed,
+                val_every=cfg.val_every,
+                init=str(init) if init else None,
+                critic_warmup=min(200, steps // 5) if init else 0,
+            )
+            train_reward(rc, progress)
+        else:
+            train(tc, progress)
         timings[name] = time.perf_counter() - t0
         return path
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from aigxctl import core, scenarios
-from aigxctl.checkpoint import save_model
+from aigxctl.checkpoint import load_model, save_model
 from aigxctl.diffusion import Schedule, reverse_process, to_allocation
 from aigxctl.errors import UserError
 from aigxctl.model import GDM, Denoiser
@@ -46,11 +46,19 @@ class RewardConfig:
     seed: int = 0
     val_every: int = 250
     val_samples: int = 2000
+    # Fine-tune this GDM checkpoint (the T3 retraining without an expert); its size, schedule
+    # and condition normalisation are kept.
+    init: str | None = None
+    # Steps in which only the critics learn. Fresh critics next to a trained policy give it
+    # meaningless gradients, so fine-tuning should let them catch up first.
+    critic_warmup: int = 0
 
     def check(self) -> None:
         for name in ("steps", "batch", "hidden", "denoise_steps", "val_every", "val_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 <= self.critic_warmup < self.steps:
+            raise UserError(f"critic_warmup must be in [0, steps), got {self.critic_warmup}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
 
@@ -84,17 +92,10 @@ def train_reward(
     torch.manual_seed(cfg.seed)
     scen = scenarios.get(cfg.scenario)
     rng = np.random.default_rng(cfg.seed)
-    probe = scen.sample(20000, rng)
-    model = GDM(
-        denoiser=Denoiser(scen.m, cfg.hidden),
-        schedule=Schedule.create("vp", cfg.denoise_steps),
-        pred="x0",
-        cond_mean=probe.mean(axis=0),
-        cond_std=probe.std(axis=0) + 1e-8,
-        total_power=scen.total_power,
-        noise=scen.noise,
-    )
-    critics = [Critic(scen.m, cfg.hidden), Critic(scen.m, cfg.hidden)]
+    model = _initial_model(cfg, scen, rng)
+    model.denoiser.train()
+    hidden = int(model.config.get("hidden", cfg.hidden)) if cfg.init else cfg.hidden
+    critics = [Critic(scen.m, hidden), Critic(scen.m, hidden)]
     actor_opt = torch.optim.AdamW(model.denoiser.parameters(), lr=cfg.lr)
     critic_opt = torch.optim.AdamW([p for c in critics for p in c.parameters()], lr=cfg.critic_lr)
     val = scen.sample(cfg.val_samples, rng)
@@ -108,7 +109,9 @@ def train_reward(
         state = model.normalise(g)
         z = torch.randn(model.T + 1, *g.shape)
         frac = to_allocation(
-            reverse_process(model.denoiser, model.schedule, state, z, pred="x0", mode="ancestral"),
+            reverse_process(
+                model.denoiser, model.schedule, state, z, pred=model.pred, mode="ancestral"
+            ),
             1.0,
         )
         # Critics: regress the reward of perturbed copies of the policy's actions.
@@ -119,11 +122,12 @@ def train_reward(
         critic_loss.backward()
         critic_opt.step()
         # Actor: climb the pessimistic critic.
-        q = torch.min(critics[0](state, frac), critics[1](state, frac))
-        actor_loss = -q.mean()
-        actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_opt.step()
+        if step >= cfg.critic_warmup:
+            q = torch.min(critics[0](state, frac), critics[1](state, frac))
+            actor_loss = -q.mean()
+            actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_opt.step()
         done = step + 1
         if done % cfg.val_every == 0 or done == cfg.steps:
             model._fused, model._fused_reason = None, None  # weights changed: repack
@@ -149,7 +153,13 @@ def train_reward(
     save_model(
         model,
         Path(cfg.out),
-        {"training": "reward", "scenario": scen.to_dict(), "seed": cfg.seed, "metrics": last},
+        {
+            "training": "reward",
+            "scenario": scen.to_dict(),
+            "seed": cfg.seed,
+            "init": cfg.init,
+            "metrics": last,
+        },
     )
     import json
 
@@ -157,3 +167,28 @@ def train_reward(
 
     atomic_write_text(Path(cfg.out) / "metrics.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
     return {**last, "seconds": time.perf_counter() - t0, "samples": cfg.steps * cfg.batch}
+
+
+def _initial_model(cfg: RewardConfig, scen: scenarios.Scenario, rng: np.random.Generator) -> GDM:
+    """A fresh GDM normalised to the scenario's gains, or the ``init`` checkpoint."""
+    if cfg.init is None:
+        probe = scen.sample(20000, rng)
+        return GDM(
+            denoiser=Denoiser(scen.m, cfg.hidden),
+            schedule=Schedule.create("vp", cfg.denoise_steps),
+            pred="x0",
+            cond_mean=probe.mean(axis=0),
+            cond_std=probe.std(axis=0) + 1e-8,
+            total_power=scen.total_power,
+            noise=scen.noise,
+        )
+    model = load_model(cfg.init)
+    if not isinstance(model, GDM):
+        raise UserError(f"--init {cfg.init}: a {model.arch} model cannot seed reward training")
+    if model.m != scen.m:
+        raise UserError(
+            f"--init {cfg.init}: the model has M = {model.m}, scenario {scen.name!r} M = {scen.m}"
+        )
+    # The policy maps to the scenario's budget; keep the checkpoint's normalisation.
+    model.total_power, model.noise = float(scen.total_power), float(scen.noise)
+    return model
