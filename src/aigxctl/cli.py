@@ -423,7 +423,12 @@ def train(
     arch: Annotated[str, typer.Option("--arch", help="gdm (diffusion) or mlp (baseline).")] = "gdm",
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 3000,
     batch: Annotated[int, typer.Option("--batch", help="Batch size (all processes).")] = 512,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine).")] = 2e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr", help="Peak learning rate (AdamW). Default: 2e-3, cosine decay; reward: 1e-3."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     init: Annotated[
         Path | None, typer.Option("--init", help="Fine-tune from this model (the T3 retraining).")
@@ -469,7 +474,7 @@ def train(
         arch=arch,
         steps=steps,
         batch=batch,
-        lr=lr,
+        lr=TrainConfig.lr if lr is None else lr,
         seed=seed,
         init=str(init) if init else None,
         resume=resume,
@@ -509,7 +514,7 @@ def train(
                         scenario=scenario,
                         out=str(out),
                         steps=steps,
-                        lr=lr,
+                        lr=RewardConfig.lr if lr is None else lr,
                         seed=seed,
                         hidden=hidden,
                         denoise_steps=denoise_steps,

@@ -108,12 +108,14 @@ def train_reward(
         g = torch.as_tensor(scen.sample(cfg.batch, rng), dtype=torch.float32)
         state = model.normalise(g)
         z = torch.randn(model.T + 1, *g.shape)
-        frac = to_allocation(
-            reverse_process(
-                model.denoiser, model.schedule, state, z, pred=model.pred, mode="ancestral"
-            ),
-            1.0,
-        )
+        acting = step >= cfg.critic_warmup
+        with torch.set_grad_enabled(acting):  # no graph while only the critics learn
+            frac = to_allocation(
+                reverse_process(
+                    model.denoiser, model.schedule, state, z, pred=model.pred, mode="ancestral"
+                ),
+                1.0,
+            )
         # Critics: regress the reward of perturbed copies of the policy's actions.
         explore = to_allocation(frac.detach() + cfg.exploration * torch.randn_like(frac), 1.0)
         reward = _sum_rate(g, p * explore, s2)
@@ -122,7 +124,7 @@ def train_reward(
         critic_loss.backward()
         critic_opt.step()
         # Actor: climb the pessimistic critic.
-        if step >= cfg.critic_warmup:
+        if acting:
             q = torch.min(critics[0](state, frac), critics[1](state, frac))
             actor_loss = -q.mean()
             actor_opt.zero_grad(set_to_none=True)
