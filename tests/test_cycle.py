@@ -68,7 +68,7 @@ def test_cycle_config_file_and_errors(tmp_path: Path):
         '[cycle]\nsamples = "many"\n': "cycle.samples: expected int",
         '[cycle]\nretrain = "never"\n': "retrain must be",
         '[cycle]\ntraining = "guess"\n': "training must be expert or reward",
-        '[cycle]\ntraining = "reward"\n': 'set retrain = "finetune"',
+        '[cycle]\ntraining = "reward"\nretrain = "both"\n': 'set retrain = "finetune"',
         "[cycle]\nt3_lr = 0\n": "t3_lr must be a finite number > 0",
         "[cycle]\nt3_rate_weight = -0.5\n": "t3_rate_weight must be a finite number >= 0",
         "[cycle]\nrate_weight = nan\n": "rate_weight must be a finite number >= 0",

@@ -46,7 +46,7 @@ class CycleConfig:
     t2_scenario: str = "t2"
     samples: int = 50_000  # expert-labelled samples collected in T1 and again in T2
     t1_steps: int = 3000
-    t3_steps: int = 1500
+    t3_steps: int = 2500
     t3_lr: float = 2e-3
     # Weight of the sum-rate regret in the loss (TrainConfig.rate_weight), for the GDM and the
     # MLP alike. Fine-tuning starts from a model that already gets the regression right, so it
@@ -54,7 +54,9 @@ class CycleConfig:
     # from the T1 weights reach 99.2 % of the optimum at 0.01 and 99.6 % at 0.1 (measured).
     rate_weight: float = 0.01
     t3_rate_weight: float = 0.1
-    retrain: str = "both"  # finetune (T2 data, from T1 weights) | combined (T1 + T2 data) | both
+    # finetune (T2 data, from the T1 weights) | combined (T1 + T2 data, from the T1 weights) |
+    # both (the two, reported side by side; the first is the phase's "gdm")
+    retrain: str = "finetune"
     # How the GDM learns: "expert" regresses the water-filling labels of the collected data;
     # "reward" learns from the sum rate alone through a learned double critic (aigxctl.reward),
     # on fresh draws of the phase's scenario, t1_steps / t3_steps steps; retrain must then be
