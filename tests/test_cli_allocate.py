@@ -288,3 +288,28 @@ def test_allocate_help_names_every_option(run):
         assert option in text
     for choice in ("waterfill", "equal", "csv", "json"):
         assert choice in text
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["allocate", "--gains", "g.csv", "--total-power", "abc"],
+            "Invalid value for '--total-power'",
+        ),
+        (["allocate"], "Missing option '--gains'"),
+        (["allocate", "--gains", "g.csv", "--bogus"], "No such option: --bogus"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_option_mistakes_get_one_line_and_exit_code_2(tmp_path, args, expected):
+    # Through the console-script entry point, as a user meets it (not Typer's test runner).
+    (tmp_path / "g.csv").write_text("1,2\n")
+    res = subprocess.run(
+        [sys.executable, "-c", "from aigxctl.cli import main; main()", *args],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "--help" in lines[0], res.stderr

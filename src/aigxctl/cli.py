@@ -800,5 +800,19 @@ def _int_list(option: str, text: str) -> list[int]:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A bad or missing option gets one line and exit code 2, like
+    every other user mistake (Typer's own message is a framed box of several lines)."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        report.error("interrupted")
+        sys.exit(130)
+    except typer.TyperException as exc:  # the base of Typer's parse errors
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        if message:  # empty when a bare group printed its help instead
+            if ctx is not None:
+                message = f"{ctx.command_path}: {message} (see '{ctx.command_path} --help')"
+            report.error(message)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
