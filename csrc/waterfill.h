@@ -128,17 +128,24 @@ AIGX_HD double waterfill_row(const T* g, T* p, int m, double total_power, double
   return a_min + w;
 }
 
-// Sum rate of one row, in bits/s/Hz: sum_n log2(1 + g_n p_n / s2).
+// Sum rate of one row, in bits/s/Hz: sum_n log2(1 + g_n p_n / s2). A row with a gain or a
+// power that is not finite and >= 0 gets NaN, so the caller can name it without a second pass
+// over valid data.
 template <typename T>
 AIGX_HD double sum_rate_row(const T* g, const T* p, int m, double noise) {
   double r = 0.0;
+  const double inf = 1.0 / 0.0;
+  bool valid = true;
   for (int n = 0; n < m; ++n) {
+    const double gn = static_cast<double>(g[n]);
+    const double pn = static_cast<double>(p[n]);
+    valid &= (gn >= 0.0) & (gn < inf) & (pn >= 0.0) & (pn < inf);  // false for NaN too
     // Channels without power add log2(1) = 0 exactly: skipping them saves most of the logs
-    // (on T1 only ~8 of 20 channels are active). NaN powers still go through.
-    if (static_cast<double>(p[n]) == 0.0) continue;
-    r += log2(1.0 + static_cast<double>(g[n]) * static_cast<double>(p[n]) / noise);
+    // (on T1 only ~8 of 20 channels are active).
+    if (pn == 0.0) continue;
+    r += log2(1.0 + gn * pn / noise);
   }
-  return r;
+  return valid ? r : NAN;
 }
 
 }  // namespace aigx

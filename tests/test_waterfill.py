@@ -362,6 +362,22 @@ def test_sum_rate_errors():
         aigxctl.sum_rate(np.ones((2, 3)), np.ones((2, 3)), 0.0)
 
 
+@pytest.mark.parametrize("which", ["gains", "power"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -0.5])
+@pytest.mark.parametrize("kind", ["float64", "float32", "torch"])
+def test_sum_rate_names_an_invalid_gain_or_power(which, value, kind):
+    g, p = np.ones((6, 4)), np.full((6, 4), 0.25)
+    (g if which == "gains" else p)[4, 2] = value
+    if kind == "float32":
+        g, p = g.astype(np.float32), p.astype(np.float32)
+    elif kind == "torch":
+        g, p = torch.from_numpy(g), torch.from_numpy(p)
+    with pytest.raises(UserError, match=rf"sum_rate: {which} row 4, column 2 is .*>= 0"):
+        aigxctl.sum_rate(g, p)
+    # Zero is valid for both, and a zero-power channel adds exactly nothing.
+    assert aigxctl.sum_rate(np.array([0.0, 2.0]), np.array([1.0, 0.0])) == 0.0
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 

@@ -224,6 +224,8 @@ def sum_rate(gains: Array, power: Array, noise: float = 1.0) -> Array:
                     noise,
                     torch.cuda.current_stream(g.device).cuda_stream,
                 )
+            if bool(torch.isnan(rate).any()):
+                _invalid_rate_input(g.cpu().numpy(), p.cpu().numpy(), rate.cpu().numpy())
             return rate.reshape(gains.shape[:-1])
         rate = sum_rate(gains.detach().cpu().numpy(), power.detach().cpu().numpy(), noise)
         return torch.from_numpy(np.asarray(rate)).to(gains.device)
@@ -233,7 +235,25 @@ def sum_rate(gains: Array, power: Array, noise: float = 1.0) -> Array:
     if p.shape != np.asarray(gains).shape:
         raise UserError(f"power must have the shape of gains {g.shape}, got {p.shape}")
     p = np.ascontiguousarray(p.reshape(g.shape), dtype=g.dtype)
-    return _core.sum_rate(g, p, noise).reshape(lead)
+    rate = _core.sum_rate(g, p, noise)
+    if np.isnan(rate).any():  # the core marks rows with an invalid gain or power
+        _invalid_rate_input(g, p, rate)
+    return rate.reshape(lead)
+
+
+def _invalid_rate_input(g: np.ndarray, p: np.ndarray, rate: np.ndarray) -> None:
+    """Raise a UserError naming the first row and column the core refused."""
+    row = int(np.flatnonzero(np.isnan(rate))[0])
+    for name, values in (("gains", g[row]), ("power", p[row])):
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
+        if bad.size:
+            col = int(bad[0])
+            raise UserError(
+                f"sum_rate: {name} row {row}, column {col} is {float(values[col])}; gains and powers "
+                "must be finite and >= 0"
+            )
+    raise UserError(f"sum_rate: row {row} could not be evaluated")  # pragma: no cover
 
 
 # --- fused diffusion sampling (see aigxctl.fused for the packing) ---------------------------
