@@ -90,7 +90,7 @@ AIGX_HD V water_level(const A* a, int m, V a_min, V total_power) {
 // input without a second pass over it.
 template <typename T>
 AIGX_HD double waterfill_row(const T* g, T* p, int m, double total_power, double noise) {
-  const double inf = 1.0 / 0.0;
+  const double inf = HUGE_VAL;
   double g_max = 0.0;
   bool valid = true;
   for (int n = 0; n < m; ++n) {
@@ -134,7 +134,7 @@ AIGX_HD double waterfill_row(const T* g, T* p, int m, double total_power, double
 template <typename T>
 AIGX_HD double sum_rate_row(const T* g, const T* p, int m, double noise) {
   double r = 0.0;
-  const double inf = 1.0 / 0.0;
+  const double inf = HUGE_VAL;
   bool valid = true;
   for (int n = 0; n < m; ++n) {
     const double gn = static_cast<double>(g[n]);

@@ -136,3 +136,6 @@ def test_reward_mode_cli_checks_its_options(run, tmp_path: Path):
     assert res.exit_code == 2 and "--scenario" in res.stderr
     res = run("train", "--out", tmp_path / "m", "--scenario", "t1")
     assert res.exit_code == 2 and "--mode reward" in res.stderr
+    res = run("train", "--out", tmp_path / "r", "--mode", "reward", "--scenario", "t1",
+              "--steps", "3", "--batch", "32", "--hidden", "8", "--val-every", "3")  # fmt: skip
+    assert res.exit_code == 0 and "3 steps on 96 samples" in res.stderr  # --batch is used

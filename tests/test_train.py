@@ -165,3 +165,20 @@ def test_mse_only_training_is_recorded(dataset, tmp_path):
     train(TrainConfig(data=[str(dataset)], out=str(out), steps=5, rate_weight=0.0, **TINY))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["rate_weight"] == 0.0 and cfg["train"]["steps"] == 5
+
+
+def test_a_diverging_run_stops_with_an_error_and_saves_nothing(dataset, tmp_path):
+    out = tmp_path / "nan"
+    cfg = TrainConfig(
+        data=[str(dataset)], out=str(out), steps=40, lr=1e4, **{**TINY, "val_every": 10}
+    )
+    with pytest.raises(UserError, match=r"training diverged: the loss is nan at step \d+"):
+        train(cfg)
+    assert not out.exists()
+
+
+def test_checkpoint_files_get_the_same_permissions(dataset, tmp_path):
+    out = tmp_path / "perm"
+    train(TrainConfig(data=[str(dataset)], out=str(out), steps=2, **TINY))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"], modes

@@ -372,7 +372,7 @@ def test_sum_rate_names_an_invalid_gain_or_power(which, value, kind):
         g, p = g.astype(np.float32), p.astype(np.float32)
     elif kind == "torch":
         g, p = torch.from_numpy(g), torch.from_numpy(p)
-    with pytest.raises(UserError, match=rf"sum_rate: {which} row 4, column 2 is .*>= 0"):
+    with pytest.raises(UserError, match=rf"sum_rate: {which}\[4, 2\] = .*>= 0"):
         aigxctl.sum_rate(g, p)
     # Zero is valid for both, and a zero-power channel adds exactly nothing.
     assert aigxctl.sum_rate(np.array([0.0, 2.0]), np.array([1.0, 0.0])) == 0.0

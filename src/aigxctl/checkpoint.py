@@ -88,6 +88,7 @@ def save_model(
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in _module(model).state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
+        (tmp / WEIGHTS).chmod(0o666 & ~umask)  # safetensors writes 0600; match config.json
         (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         if resume is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in resume.items()},

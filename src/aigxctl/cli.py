@@ -422,7 +422,10 @@ def train(
     ] = None,
     arch: Annotated[str, typer.Option("--arch", help="gdm (diffusion) or mlp (baseline).")] = "gdm",
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 3000,
-    batch: Annotated[int, typer.Option("--batch", help="Batch size (all processes).")] = 512,
+    batch: Annotated[
+        int | None,
+        typer.Option("--batch", help="Batch size (all processes). Default: 512; reward: 256."),
+    ] = None,
     lr: Annotated[
         float | None,
         typer.Option(
@@ -473,7 +476,7 @@ def train(
         out=str(out),
         arch=arch,
         steps=steps,
-        batch=batch,
+        batch=TrainConfig.batch if batch is None else batch,
         lr=TrainConfig.lr if lr is None else lr,
         seed=seed,
         init=str(init) if init else None,
@@ -515,20 +518,22 @@ def train(
                         out=str(out),
                         steps=steps,
                         lr=RewardConfig.lr if lr is None else lr,
+                        batch=RewardConfig.batch if batch is None else batch,
                         seed=seed,
                         hidden=hidden,
                         denoise_steps=denoise_steps,
                         val_every=val_every,
                         init=str(init) if init else None,
-                        # A trained policy waits for its fresh critics (see RewardConfig).
-                        critic_warmup=min(200, steps // 5) if init else 0,
                     ),
                     progress,
                 )
             else:
                 result = run_train(cfg, progress)
         except KeyboardInterrupt:
-            report.error(f"interrupted; checkpoint saved to {out}, continue with --resume")
+            if mode == "reward":  # it writes its checkpoint only at the end
+                report.error(f"interrupted; nothing was written to {out}")
+            else:
+                report.error(f"interrupted; checkpoint saved to {out}, continue with --resume")
             raise typer.Exit(130) from None
     frac = result.get("val_fraction")
     report.err.print(
@@ -621,7 +626,7 @@ def cycle(
         Path | None, typer.Option("--config", "-c", help="Cycle config TOML ([cycle] table).")
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Small sizes: a smoke test in about a minute.")
+        bool, typer.Option("--quick", help="Small sizes: a smoke test in about 20 s.")
     ] = False,
 ) -> None:
     """Replay the virtuous cycle: T1 train, T2 rainstorm drift, T3 retrain, with baselines."""
@@ -801,7 +806,8 @@ def _int_list(option: str, text: str) -> list[int]:
 
 def main() -> None:
     """Console-script entry point. A bad or missing option gets one line and exit code 2, like
-    every other user mistake (Typer's own message is a framed box of several lines)."""
+    every other user mistake (Typer's own message is a framed box of several lines); Typer's
+    other errors keep their own exit code."""
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

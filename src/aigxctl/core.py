@@ -250,7 +250,7 @@ def _invalid_rate_input(g: np.ndarray, p: np.ndarray, rate: np.ndarray) -> None:
         if bad.size:
             col = int(bad[0])
             raise UserError(
-                f"sum_rate: {name} row {row}, column {col} is {float(values[col])}; gains and powers "
+                f"sum_rate: {name}[{row}, {col}] = {float(values[col])!r}: gains and powers "
                 "must be finite and >= 0"
             )
     raise UserError(f"sum_rate: row {row} could not be evaluated")  # pragma: no cover

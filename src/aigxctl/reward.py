@@ -50,15 +50,25 @@ class RewardConfig:
     # and condition normalisation are kept.
     init: str | None = None
     # Steps in which only the critics learn. Fresh critics next to a trained policy give it
-    # meaningless gradients, so fine-tuning should let them catch up first.
-    critic_warmup: int = 0
+    # meaningless gradients, so fine-tuning lets them catch up first. None: min(200, steps / 5)
+    # with ``init``, 0 without.
+    critic_warmup: int | None = None
 
     def check(self) -> None:
         for name in ("steps", "batch", "hidden", "denoise_steps", "val_every", "val_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-        if not 0 <= self.critic_warmup < self.steps:
-            raise UserError(f"critic_warmup must be in [0, steps), got {self.critic_warmup}")
+        if self.critic_warmup is not None and not 0 <= self.critic_warmup < self.steps:
+            raise UserError(
+                f"critic_warmup must be in [0, steps = {self.steps}), got {self.critic_warmup}"
+            )
+
+    @property
+    def warmup_steps(self) -> int:
+        """The critic warm-up actually used (see ``critic_warmup``)."""
+        if self.critic_warmup is not None:
+            return self.critic_warmup
+        return min(200, self.steps // 5) if self.init else 0
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
 
@@ -99,7 +109,9 @@ def train_reward(
     actor_opt = torch.optim.AdamW(model.denoiser.parameters(), lr=cfg.lr)
     critic_opt = torch.optim.AdamW([p for c in critics for p in c.parameters()], lr=cfg.critic_lr)
     val = scen.sample(cfg.val_samples, rng)
-    val_opt = float(core.sum_rate(val, core.waterfill(val, scen.total_power, scen.noise)).mean())
+    val_opt = float(
+        core.sum_rate(val, core.waterfill(val, scen.total_power, scen.noise), scen.noise).mean()
+    )
     p, s2 = scen.total_power, scen.noise
     t0 = time.perf_counter()
     last: dict[str, Any] = {}
@@ -108,7 +120,7 @@ def train_reward(
         g = torch.as_tensor(scen.sample(cfg.batch, rng), dtype=torch.float32)
         state = model.normalise(g)
         z = torch.randn(model.T + 1, *g.shape)
-        acting = step >= cfg.critic_warmup
+        acting = step >= cfg.warmup_steps
         with torch.set_grad_enabled(acting):  # no graph while only the critics learn
             frac = to_allocation(
                 reverse_process(
@@ -134,7 +146,7 @@ def train_reward(
         if done % cfg.val_every == 0 or done == cfg.steps:
             model._fused, model._fused_reason = None, None  # weights changed: repack
             model.denoiser.eval()
-            rate = float(core.sum_rate(val, model.allocate(val, seed=1)).mean())
+            rate = float(core.sum_rate(val, model.allocate(val, seed=1), scen.noise).mean())
             model.denoiser.train()
             last = {
                 "step": done,

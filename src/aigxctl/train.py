@@ -308,6 +308,13 @@ def _loop(
             value.backward()
             opt.step()
             done = completed = step + 1
+            if (done % cfg.val_every == 0 or done == cfg.steps) and not math.isfinite(
+                float(value.detach())
+            ):  # every rank sees it: NaN weights are the same on all of them after the all-reduce
+                raise UserError(
+                    f"training diverged: the loss is {float(value.detach())} at step {done}; "
+                    f"nothing was saved; try a smaller --lr (this run: {cfg.lr})"
+                )
             if rank == 0 and (done % cfg.val_every == 0 or done == cfg.steps):
                 last = {"step": done, "loss": float(value.detach()), "lr": _lr_at(cfg, step),
                         "seconds": time.perf_counter() - t0}  # fmt: skip

@@ -257,11 +257,13 @@ class SACBaseline:
             )
         seconds = time.perf_counter() - start
         self.seconds += seconds
+        frac = callback.fraction()
         entry = {
             "scenario": getattr(self.scenario, "name", None),
             "samples": self.samples - before,
             "seconds": seconds,
-            "train_fraction_of_optimum": callback.fraction(),
+            # None (JSON null) when the run was too short to measure it.
+            "train_fraction_of_optimum": frac if np.isfinite(frac) else None,
         }
         self.history.append(entry)
         return entry
