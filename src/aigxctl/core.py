@@ -100,9 +100,8 @@ def _power_array(total_power: Any, rows: int, lead_shape: tuple[int, ...]) -> np
             f"total_power must be a scalar or have the gains' leading shape {lead_shape}, "
             f"got shape {p.shape}"
         )
-    bad = ~np.isfinite(p) | (p <= 0)
-    if bad.any():
-        i = int(np.argmax(bad))
+    if not ((p > 0).all() and np.isfinite(p).all()):  # NaN fails the first test
+        i = int(np.argmax(~np.isfinite(p) | ~(p > 0)))
         raise UserError(f"total_power must be finite and > 0, got {p[i]!r} (row {i})")
     return p
 
@@ -266,7 +265,11 @@ def pack_layout(m: int, hidden: int, steps: int) -> dict[str, int]:
 
 def power_rows(total_power: Any, rows: int) -> np.ndarray:
     """The power budget of each of ``rows`` rows, float64 ``[rows]``, validated (> 0, finite)."""
-    return np.broadcast_to(_power_array(total_power, rows, (rows,)), (rows,)).copy()
+    if isinstance(total_power, (float, int)) and not isinstance(total_power, bool):
+        # The common case, without the array checks: one decision costs ~0.1 ms in all.
+        return np.full(rows, _check_positive("total_power", total_power))
+    p = _power_array(total_power, rows, (rows,))
+    return np.full(rows, p[0]) if p.size == 1 else p.copy()
 
 
 def fused_sample(

@@ -10,6 +10,7 @@ Linear(H,M). Module names matter: aigxctl.fused packs the trained weights by the
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,7 +168,7 @@ class GDM:
         return "torch", f"fused sampler unavailable: {self._fused_reason}"
 
     def sample_torch(
-        self, gains: np.ndarray, total_power: np.ndarray, noise: torch.Tensor, mode: str
+        self, gains: np.ndarray, total_power: float | np.ndarray, noise: torch.Tensor, mode: str
     ) -> np.ndarray:
         """Allocations [B, M] with the plain PyTorch sampler and the given noise."""
         dev = next(self.denoiser.parameters()).device
@@ -208,13 +209,18 @@ class GDM:
             raise UserError(f"best_of must be >= 1, got {k}")
         g, single = _as_gains(gains, self.m)
         b = g.shape[0]
-        p_rows = core.power_rows(self.total_power if total_power is None else total_power, b)
+        budget = self.total_power if total_power is None else total_power
         which, _ = self.backend_for(backend)
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+            seed = secrets.randbits(63)
+        # One P for all rows stays a scalar: a [B] array costs more to check than one
+        # decision takes at B = 1.
+        if isinstance(budget, (float, int)) and not isinstance(budget, bool):
+            pk: float | np.ndarray = float(core.power_rows(budget, 1)[0])
+        else:
+            pk = np.tile(core.power_rows(budget, b), k)
         # K candidates per row: repeat the batch K times, pick the best per row.
-        gk = np.tile(g, (k, 1))
-        pk = np.tile(p_rows, k)
+        gk = np.tile(g, (k, 1)) if k > 1 else g
         if which == "fused":
             out = self.fused_sampler().sample(gk, pk, mode=mode, seed=seed)
         else:
