@@ -182,3 +182,17 @@ def test_checkpoint_files_get_the_same_permissions(dataset, tmp_path):
     train(TrainConfig(data=[str(dataset)], out=str(out), steps=2, **TINY))
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
     assert modes["model.safetensors"] == modes["config.json"], modes
+
+
+def test_bench_sample_times_a_checkpoints_allocate(run, dataset, tmp_path):
+    train(TrainConfig(data=[str(dataset)], out=str(tmp_path / "g"), steps=2, **TINY))
+    res = run("bench", "sample", "--model", tmp_path / "g", "--batches", "1,5", "--repeats", "1",
+              "--json")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["model"]["api"] == "allocate" and doc["model"]["hidden"] == 16
+    assert [c["batch"] for c in doc["cases"]] == [1, 5]
+    assert all(set(c["allocations_per_s"]) == {"fused", "torch"} for c in doc["cases"])
+    train(TrainConfig(data=[str(dataset)], out=str(tmp_path / "r"), arch="mlp", steps=2, **TINY))
+    res = run("bench", "sample", "--model", tmp_path / "r", "--batches", "1", "--repeats", "1")
+    assert res.exit_code == 2 and "times a gdm model" in res.stderr

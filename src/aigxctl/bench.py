@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from aigxctl import core
+from aigxctl.errors import UserError
 
 __all__ = [
     "bisection_waterfill",
@@ -176,14 +177,23 @@ def sample(
     steps: int = 6,
     compile_torch: bool = True,
     seed: int = 0,
+    model_dir: str | None = None,
 ) -> dict[str, Any]:
     """Allocations/s of the fused sampler vs the plain PyTorch sampler (and ``torch.compile`` of
     it, when that works here), same weights (reference denoiser shape, random init), same mode
-    (ancestral DDPM, noise drawn by each), T = ``steps``, M = ``m``."""
+    (ancestral DDPM, noise drawn by each), T = ``steps``, M = ``m``.
+
+    With ``model_dir``, a trained checkpoint is timed the way a user calls it instead:
+    ``model.allocate(gains, backend="fused")`` against ``backend="torch"`` (its own M, size, T and
+    decision mode; validation and conversions included; no torch.compile).
+    """
     import torch
 
     from aigxctl.diffusion import Schedule, sample_reference, to_allocation
     from aigxctl.model import GDM, Denoiser
+
+    if model_dir is not None:
+        return _sample_api(model_dir, batches, repeats, seed)
 
     torch.manual_seed(seed)
     model = GDM(
@@ -242,6 +252,50 @@ def sample(
     }
 
 
+def _sample_api(model_dir: str, batches: list[int], repeats: int, seed: int) -> dict[str, Any]:
+    """:func:`sample` with ``model_dir``: a checkpoint's ``allocate``, fused vs torch."""
+    import torch
+
+    from aigxctl.checkpoint import load_model
+    from aigxctl.model import GDM
+
+    model = load_model(model_dir)
+    if not isinstance(model, GDM):
+        raise UserError(f"{model_dir}: bench sample times a gdm model, this one is {model.arch}")
+    model.backend_for("fused")  # a clear error if the compiled sampler cannot run this model
+    rng = np.random.default_rng(seed)
+    cases = []
+    for b in batches:
+        g = rng.uniform(1.0, 7.0, (b, model.m))
+        times = {
+            backend: timeit(
+                lambda be=backend, g=g: model.allocate(g, backend=be, seed=1), repeats, 0.2
+            )
+            for backend in ("fused", "torch")
+        }
+        cases.append({
+            "batch": b,
+            "allocations_per_s": {k: b / t for k, t in times.items()},
+            "speedup_vs_torch": times["torch"] / times["fused"],
+        })  # fmt: skip
+    return {
+        "benchmark": "sample",
+        "model": {
+            "path": str(model_dir),
+            "m": model.m,
+            "hidden": int(model.config["hidden"]),
+            "steps": model.T,
+            "schedule": model.schedule.kind,
+            "mode": model.mode,
+            "api": "allocate",
+        },
+        "torch_threads": torch.get_num_threads(),
+        "torch_compile_error": None,
+        "machine": machine(),
+        "cases": cases,
+    }
+
+
 def sample_table(results: dict[str, Any]) -> Any:
     """A Rich table of :func:`sample` results."""
     from aigxctl.report import table
@@ -261,8 +315,9 @@ def sample_table(results: dict[str, Any]) -> Any:
                        else "-")  # fmt: skip
         rows.append(row)
     mdl = results["model"]
+    what = f"{mdl['path']}.allocate" if "path" in mdl else "sampling"
     return table(
-        f"sampling, allocations/s (M={mdl['m']}, hidden {mdl['hidden']}, T={mdl['steps']}, "
+        f"{what}, allocations/s (M={mdl['m']}, hidden {mdl['hidden']}, T={mdl['steps']}, "
         f"{mdl['mode']}, {results['machine']['core_threads']} threads)",
         cols,
         rows,

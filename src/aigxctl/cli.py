@@ -753,13 +753,26 @@ def bench_sample(
     no_compile: Annotated[
         bool, typer.Option("--no-compile", help="Skip the torch.compile baseline.")
     ] = False,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Time this checkpoint's allocate(gains, backend=fused|torch) instead, as a "
+            "user calls it.",
+        ),
+    ] = None,
 ) -> None:
     """Allocations/s of the fused sampler vs the plain PyTorch sampler (same weights)."""
     from aigxctl import bench
 
     if repeats < 1:
         raise UserError(f"--repeats must be >= 1, got {repeats}")
-    results = bench.sample(_int_list("--batches", batches), repeats, compile_torch=not no_compile)
+    results = bench.sample(
+        _int_list("--batches", batches),
+        repeats,
+        compile_torch=not no_compile and model is None,
+        model_dir=str(model) if model else None,
+    )
     if json_out:
         report.out.print_json(data=results)
     else:
