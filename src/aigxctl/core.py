@@ -263,13 +263,20 @@ def pack_layout(m: int, hidden: int, steps: int) -> dict[str, int]:
     return dict(_core.pack_layout(m, hidden, steps))
 
 
-def power_rows(total_power: Any, rows: int) -> np.ndarray:
-    """The power budget of each of ``rows`` rows, float64 ``[rows]``, validated (> 0, finite)."""
+def power_budget(total_power: Any, rows: int) -> float | np.ndarray:
+    """The power budget, validated (> 0, finite): a Python number stays a float (one P for all
+    rows, without the array checks: at B = 1 they cost more than the decision), anything else
+    becomes float64 ``[rows]``."""
     if isinstance(total_power, (float, int)) and not isinstance(total_power, bool):
-        # The common case, without the array checks: one decision costs ~0.1 ms in all.
-        return np.full(rows, _check_positive("total_power", total_power))
+        return _check_positive("total_power", total_power)
     p = _power_array(total_power, rows, (rows,))
     return np.full(rows, p[0]) if p.size == 1 else p.copy()
+
+
+def power_rows(total_power: Any, rows: int) -> np.ndarray:
+    """The power budget of each of ``rows`` rows, float64 ``[rows]``, validated (> 0, finite)."""
+    p = power_budget(total_power, rows)
+    return np.full(rows, p) if isinstance(p, float) else p
 
 
 def fused_sample(

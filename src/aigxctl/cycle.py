@@ -196,18 +196,6 @@ def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None)
     ) -> Path:
         nonlocal offset
         path = out / "models" / name
-        tc = TrainConfig(
-            data=[str(d) for d in datasets],
-            out=str(path),
-            arch=arch,
-            steps=steps,
-            lr=lr,
-            rate_weight=rate_weight,
-            seed=cfg.seed,
-            hidden=cfg.hidden,
-            init=str(init) if init else None,
-            val_every=cfg.val_every,
-        )
         start = offset
 
         def progress(step: int, m: dict[str, float]) -> None:
@@ -239,6 +227,18 @@ def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None)
             )
             train_reward(rc, progress)
         else:
+            tc = TrainConfig(
+                data=[str(d) for d in datasets],
+                out=str(path),
+                arch=arch,
+                steps=steps,
+                lr=lr,
+                rate_weight=rate_weight,
+                seed=cfg.seed,
+                hidden=cfg.hidden,
+                init=str(init) if init else None,
+                val_every=cfg.val_every,
+            )
             train(tc, progress)
         timings[name] = time.perf_counter() - t0
         return path
@@ -389,6 +389,13 @@ def _sac_continue(agent: Any, cfg: CycleConfig, scenario: Any, show: Display) ->
     return agent
 
 
+# The reference levels drawn over each phase: (method, colour, line style, width, legend).
+LEVELS = (
+    ("optimum", "black", "--", 1.2, "water-filling optimum"),
+    ("equal", "grey", ":", 1.5, "equal allocation"),
+)
+
+
 def plot(
     report: dict[str, Any], curve: list[dict[str, Any]], path: Path, opt_rates: dict[str, float]
 ) -> None:
@@ -425,26 +432,10 @@ def plot(
             fontweight="bold",
         )
         methods = by_phase.get(phase, {})
-        if "optimum" in methods:
-            ax.hlines(
-                methods["optimum"]["rate"],
-                lo,
-                hi,
-                colors="black",
-                linestyles="--",
-                lw=1.2,
-                label="water-filling optimum" if phase == "T1" else None,
-            )
-        if "equal" in methods:
-            ax.hlines(
-                methods["equal"]["rate"],
-                lo,
-                hi,
-                colors="grey",
-                linestyles=":",
-                lw=1.5,
-                label="equal allocation" if phase == "T1" else None,
-            )
+        for key, colour, style, lw, label in LEVELS:
+            if key in methods:
+                ax.hlines(methods[key]["rate"], lo, hi, colors=colour, linestyles=style, lw=lw,
+                          label=label if phase == "T1" else None)  # fmt: skip
     styles = {
         ("gdm", "T1"): ("GDM", "#1d4ed8"),
         ("gdm", "T2"): ("GDM (T1 model on T2)", "#b91c1c"),

@@ -213,12 +213,9 @@ class GDM:
         which, _ = self.backend_for(backend)
         if seed is None:
             seed = secrets.randbits(63)
-        # One P for all rows stays a scalar: a [B] array costs more to check than one
-        # decision takes at B = 1.
-        if isinstance(budget, (float, int)) and not isinstance(budget, bool):
-            pk: float | np.ndarray = float(core.power_rows(budget, 1)[0])
-        else:
-            pk = np.tile(core.power_rows(budget, b), k)
+        pk = core.power_budget(budget, b)
+        if isinstance(pk, np.ndarray) and k > 1:
+            pk = np.tile(pk, k)
         # K candidates per row: repeat the batch K times, pick the best per row.
         gk = np.tile(g, (k, 1)) if k > 1 else g
         if which == "fused":

@@ -104,8 +104,7 @@ def train_reward(
     rng = np.random.default_rng(cfg.seed)
     model = _initial_model(cfg, scen, rng)
     model.denoiser.train()
-    hidden = int(model.config.get("hidden", cfg.hidden)) if cfg.init else cfg.hidden
-    critics = [Critic(scen.m, hidden), Critic(scen.m, hidden)]
+    critics = [Critic(scen.m, model.denoiser.hidden), Critic(scen.m, model.denoiser.hidden)]
     actor_opt = torch.optim.AdamW(model.denoiser.parameters(), lr=cfg.lr)
     critic_opt = torch.optim.AdamW([p for c in critics for p in c.parameters()], lr=cfg.critic_lr)
     val = scen.sample(cfg.val_samples, rng)

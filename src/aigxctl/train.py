@@ -308,15 +308,16 @@ def _loop(
             value.backward()
             opt.step()
             done = completed = step + 1
-            if (done % cfg.val_every == 0 or done == cfg.steps) and not math.isfinite(
-                float(value.detach())
-            ):  # every rank sees it: NaN weights are the same on all of them after the all-reduce
+            checkpoint = done % cfg.val_every == 0 or done == cfg.steps
+            loss_now = float(value.detach()) if checkpoint else math.nan
+            if checkpoint and not math.isfinite(loss_now):
+                # Every rank sees it: NaN weights are the same on all of them after the all-reduce.
                 raise UserError(
-                    f"training diverged: the loss is {float(value.detach())} at step {done}; "
+                    f"training diverged: the loss is {loss_now} at step {done}; "
                     f"nothing was saved; try a smaller --lr (this run: {cfg.lr})"
                 )
-            if rank == 0 and (done % cfg.val_every == 0 or done == cfg.steps):
-                last = {"step": done, "loss": float(value.detach()), "lr": _lr_at(cfg, step),
+            if rank == 0 and checkpoint:
+                last = {"step": done, "loss": loss_now, "lr": _lr_at(cfg, step),
                         "seconds": time.perf_counter() - t0}  # fmt: skip
                 if len(val_gains):
                     last["val_fraction"] = validate(model, val_gains, model.noise)
