@@ -1,7 +1,10 @@
 // Implementation of the core's CPU thread pool (see thread_pool.h).
 #include "thread_pool.h"
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <new>
 
 namespace aigx {
 
@@ -13,28 +16,64 @@ ThreadPool& ThreadPool::instance() {
 ThreadPool::ThreadPool() {
   const unsigned hw = std::thread::hardware_concurrency();
   num_threads_ = hw == 0 ? 1 : static_cast<int>(hw);
-  start_workers(num_threads_ - 1);
+  // Once per process: the pool is a singleton, and a child keeps both the pool and the
+  // registration, so a grandchild is handled the same way.
+  pthread_atfork(&ThreadPool::before_fork, &ThreadPool::after_fork_in_parent,
+                 &ThreadPool::after_fork_in_child);
 }
 
+// Safe in a forked child too: after_fork_in_child left no workers to join.
 ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::before_fork() {
+  // Wait for the job in flight, if any, and keep the next one from starting: the child then
+  // inherits a pool between jobs (no fn_ pointing into another thread's stack). Fork is never
+  // called from inside a job, so the forking thread cannot already hold job_mutex_.
+  instance().job_mutex_.lock();
+}
+
+void ThreadPool::after_fork_in_parent() { instance().job_mutex_.unlock(); }
+
+void ThreadPool::after_fork_in_child() {
+  // Only the forking thread exists in the child. The workers' std::thread objects name threads
+  // of the parent: destroying them calls std::terminate (they are joinable), and joining or
+  // detaching them is undefined, so the vector is abandoned without its destructor (its buffer
+  // leaks, once per fork). The locks and condition variables are rebuilt in place rather than
+  // unlocked: a worker may have held mutex_ at the fork, and a condition variable still counts
+  // the parent's waiters. Nothing here allocates or starts a thread (not safe in an atfork
+  // handler); the next job big enough to split starts the child's own workers.
+  ThreadPool& p = instance();
+  new (&p.workers_) std::vector<std::thread>();
+  new (&p.job_mutex_) std::mutex();  // held by before_fork in the parent
+  new (&p.mutex_) std::mutex();
+  new (&p.wake_) std::condition_variable();
+  new (&p.done_) std::condition_variable();
+  p.started_ = false;
+  p.stopping_ = false;
+  p.busy_ = 0;
+  p.fn_ = nullptr;
+  p.n_ = 0;
+  p.next_.store(0);
+}
 
 void ThreadPool::set_num_threads(int n) {
   n = std::max(1, n);
   std::lock_guard<std::mutex> job(job_mutex_);
   if (n == num_threads_) return;
   stop_workers();
-  num_threads_ = n;
-  start_workers(n - 1);
+  num_threads_ = n;  // the next parallel job starts n - 1 workers
 }
 
 void ThreadPool::start_workers(int n_workers) {
-  // Called before any job or under job_mutex_, so generation_ is the last finished job: a new
-  // worker waits for the next one (reading generation_ from the new thread instead would race
-  // with a job posted before the thread runs, and lose it).
+  // Called under job_mutex_, so generation_ is the last finished job: a new worker waits for the
+  // next one (reading generation_ from the new thread instead would race with a job posted
+  // before the thread runs, and lose it). Tops up to n_workers, so a call that failed to create
+  // a thread (std::system_error) is completed by the next one.
   stopping_ = false;
   const uint64_t current = generation_;
-  for (int i = 0; i < n_workers; ++i)
+  for (auto i = static_cast<int>(workers_.size()); i < n_workers; ++i)
     workers_.emplace_back([this, current] { worker_loop(current); });
+  started_ = true;
 }
 
 void ThreadPool::stop_workers() {
@@ -45,6 +84,7 @@ void ThreadPool::stop_workers() {
   wake_.notify_all();
   for (auto& t : workers_) t.join();
   workers_.clear();
+  started_ = false;
 }
 
 void ThreadPool::run_chunks() {
@@ -77,10 +117,11 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   grain = std::max<int64_t>(1, grain);
   std::lock_guard<std::mutex> job(job_mutex_);
   const int64_t max_chunks = (n + grain - 1) / grain;
-  if (workers_.empty() || max_chunks < 2) {
+  if (num_threads_ < 2 || max_chunks < 2) {
     fn(0, n);
     return;
   }
+  if (!started_) start_workers(num_threads_ - 1);
   // A few chunks per thread balance uneven rows without much counter traffic.
   const int64_t target = static_cast<int64_t>(num_threads_) * 4;
   const int64_t chunks = std::min(max_chunks, target);

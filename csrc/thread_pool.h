@@ -2,7 +2,10 @@
 // persistent workers take from an atomic counter. It is a plain std::thread pool on purpose:
 // PyTorch already brings an OpenMP runtime, and a second one in the same process fights it for
 // cores. Python sets the size (aigxctl.core.set_num_threads); calls are serialised so concurrent
-// Python threads (the GIL is released during compute) cannot interleave jobs.
+// Python threads (the GIL is released during compute) cannot interleave jobs. Workers start on
+// the first job big enough to split, and again after a resize or a fork: a forked child (the
+// default for multiprocessing and DataLoader workers on Linux) inherits the pool but none of its
+// threads, so fork handlers hold the pool still across fork() and rebuild it in the child.
 #pragma once
 
 #include <atomic>
@@ -36,7 +39,13 @@ class ThreadPool {
   void worker_loop(uint64_t seen);
   void run_chunks();
 
+  // pthread_atfork handlers, registered once by the constructor.
+  static void before_fork();
+  static void after_fork_in_parent();
+  static void after_fork_in_child();
+
   int num_threads_ = 1;
+  bool started_ = false;  // workers_ holds num_threads_ - 1 running workers
   std::vector<std::thread> workers_;
   std::mutex job_mutex_;  // one job at a time
   std::mutex mutex_;
