@@ -162,10 +162,12 @@ def test_damaged_and_foreign_checkpoints(tmp_path: Path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(UserError, match="damaged"):
         load_model(good)
+    good = tmp_path / "good2"
     save_model(make_gdm(), good)
     (good / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="damaged"):
         load_model(good)
+    good = tmp_path / "good3"
     save_model(make_gdm(hidden=64), good)
     cfg = json.loads((good / "config.json").read_text())
     cfg["hidden"] = 32

@@ -43,7 +43,8 @@ def weights(path: Path) -> list[torch.Tensor]:
 def test_loss_falls_and_metrics_are_logged(dataset, tmp_path):
     out = tmp_path / "m"
     first = train(TrainConfig(data=[str(dataset)], out=str(out), steps=1, lr=1e-3, **TINY))
-    res = train(TrainConfig(data=[str(dataset)], out=str(out), steps=200, lr=3e-3, **TINY))
+    res = train(TrainConfig(data=[str(dataset)], out=str(out), steps=200, lr=3e-3, force=True,
+                            **TINY))  # fmt: skip
     assert res["loss"] < first["loss"] / 3
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(20, 201, 20))

@@ -75,17 +75,29 @@ def to_csv(result: Allocation) -> str:
     return f"{header}\n{body}\n"
 
 
+def _finite_or_null(values: np.ndarray) -> list[Any]:
+    # JSON has no Infinity or NaN (json.dumps would write them, and strict readers refuse the
+    # file): a non-finite number, such as an overflowing sum rate, becomes null.
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if finite.all():
+        return values.tolist()
+    return np.where(finite, values, None).tolist()
+
+
 def to_json(result: Allocation) -> str:
-    """JSON text with the method, P, sigma^2, the allocations and their sum rates."""
+    """JSON text with the method, P, sigma^2, the allocations and their sum rates; a number
+    that is not finite (a sum rate that overflows) is written as null."""
     return (
         json.dumps(
             {
                 "method": result.method,
-                "total_power": result.total_power,
-                "noise": result.noise,
-                "allocations": result.power.tolist(),
-                "sum_rate": result.sum_rate.tolist(),
-            }
+                "total_power": _finite_or_null(np.float64(result.total_power)),
+                "noise": _finite_or_null(np.float64(result.noise)),
+                "allocations": _finite_or_null(result.power),
+                "sum_rate": _finite_or_null(result.sum_rate),
+            },
+            allow_nan=False,
         )
         + "\n"
     )

@@ -18,6 +18,7 @@ import numpy as np
 
 from aigxctl import core
 from aigxctl.errors import UserError
+from aigxctl.scenarios import MAX_CHANNELS, check_draw_size
 
 __all__ = [
     "bisection_waterfill",
@@ -28,6 +29,26 @@ __all__ = [
     "timeit",
     "waterfill",
 ]
+
+# Timed repeats per case: the median settles long before this.
+MAX_REPEATS = 100
+# Sizes per list option (--batches, --channels): each is a case timed in turn.
+MAX_CASES = 16
+
+
+def _check_repeats(repeats: int) -> None:
+    if isinstance(repeats, bool) or not 1 <= repeats <= MAX_REPEATS:
+        raise UserError(f"--repeats must be >= 1 and <= {MAX_REPEATS}, got {repeats}")
+
+
+def _check_batches(batches: list[int], m: int, option: str = "--batches") -> None:
+    """Each batch of ``m`` float64 gains must fit one in-memory draw (scenarios' limit)."""
+    if not 1 <= len(batches) <= MAX_CASES:
+        raise UserError(f"{option} must list 1 to {MAX_CASES} sizes, got {len(batches)}")
+    for b in batches:
+        if b < 1:
+            raise UserError(f"{option} must list integers >= 1, got {b}")
+        check_draw_size(b, m, option)
 
 
 def machine() -> dict[str, Any]:
@@ -110,6 +131,13 @@ def waterfill(
     Gains are T2-like draws, U[1, 7], float64. The bisection loop is timed on at most
     ``bisection_rows`` rows (its cost is linear in rows) and reported as rows/s.
     """
+    _check_repeats(repeats)
+    if not 1 <= len(channels) <= MAX_CASES:
+        raise UserError(f"--channels must list 1 to {MAX_CASES} sizes, got {len(channels)}")
+    for m in channels:
+        if not 1 <= m <= MAX_CHANNELS:
+            raise UserError(f"--channels must list integers >= 1 and <= {MAX_CHANNELS}, got {m}")
+        _check_batches(batches, m)
     rng = np.random.default_rng(seed)
     cases = []
     for m in channels:
@@ -187,13 +215,17 @@ def sample(
     ``model.allocate(gains, backend="fused")`` against ``backend="torch"`` (its own M, size, T and
     decision mode; validation and conversions included; no torch.compile).
     """
+    _check_repeats(repeats)  # before importing torch (seconds): mistakes fail fast
+    if model_dir is not None:
+        return _sample_api(model_dir, batches, repeats, seed)
+    if not 1 <= m <= MAX_CHANNELS:
+        raise UserError(f"m must be >= 1 and <= {MAX_CHANNELS}, got {m}")
+    _check_batches(batches, m)
+
     import torch
 
     from aigxctl.diffusion import Schedule, sample_reference, to_allocation
     from aigxctl.model import GDM, Denoiser
-
-    if model_dir is not None:
-        return _sample_api(model_dir, batches, repeats, seed)
 
     torch.manual_seed(seed)
     model = GDM(
@@ -263,6 +295,7 @@ def _sample_api(model_dir: str, batches: list[int], repeats: int, seed: int) -> 
     if not isinstance(model, GDM):
         raise UserError(f"{model_dir}: bench sample times a gdm model, this one is {model.arch}")
     model.backend_for("fused")  # a clear error if the compiled sampler cannot run this model
+    _check_batches(batches, model.m)
     rng = np.random.default_rng(seed)
     cases = []
     for b in batches:
@@ -339,7 +372,12 @@ def collect(
 
     from aigxctl import data, scenarios
 
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
+    _check_repeats(repeats)
     s = scenarios.get(scenario)
+    # Every case holds the N x M gains in memory (collect: with the powers beside them).
+    check_draw_size(samples, s.m, "--samples")
 
     def label_only() -> dict[str, float]:  # its arrays are freed before the next cases
         gains = scenarios.draw(s, samples, seed)

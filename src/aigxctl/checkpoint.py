@@ -1,35 +1,78 @@
 """Checkpoints: a directory with ``model.safetensors`` (weights) and ``config.json``
 (architecture, schedule, normalisation, M, P, sigma^2, provenance, metrics), never pickle.
 
-A directory is written beside its target and renamed into place, so a crash never leaves half a
-checkpoint. Training state for ``--resume`` (optimizer moments, step, RNG) goes in
-``resume.safetensors`` + ``resume.json`` in the same directory.
+A directory is built beside its target and swapped into place (aigxctl.outputs), so a crash
+never leaves half a checkpoint and never costs the previous one; only a previous aigxctl
+checkpoint is ever replaced. config.json carries the SHA-256 of the weights, checked on load,
+and every key is range-checked before anything is allocated. Training state for ``--resume``
+(optimizer moments, step, RNG) goes in ``resume.safetensors`` + ``resume.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
+from aigxctl import outputs
+from aigxctl.diffusion import MODES as SAMPLING_MODES
 from aigxctl.diffusion import PREDICTIONS, SCHEDULES, Schedule
 from aigxctl.errors import UserError
-from aigxctl.model import GDM, Denoiser, MLPAllocator, Regressor
+from aigxctl.model import GDM, MAX_BEST_OF, Denoiser, MLPAllocator, Regressor
+from aigxctl.scenarios import MAX_CHANNELS
 
-__all__ = ["FORMAT", "load_model", "read_config", "save_model"]
+__all__ = [
+    "FORMAT",
+    "LAYOUT",
+    "CheckpointWriteError",
+    "claim",
+    "load_model",
+    "read_config",
+    "read_resume",
+    "save_model",
+]
 
 FORMAT = "aigxctl-model"
-VERSION = 1
+VERSION = 2  # 2: config.json holds weights_sha256, checked on load
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+RESUME_WEIGHTS = "resume.safetensors"
+RESUME_INFO = "resume.json"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+# Everything aigxctl writes in a checkpoint directory (outputs.Layout).
+LAYOUT: outputs.Layout = {
+    CONFIG: None,
+    WEIGHTS: None,
+    RESUME_WEIGHTS: None,
+    RESUME_INFO: None,
+    METRICS: None,
+    TENSORBOARD: ("events.out.tfevents.*",),
+}
+# Sanity bounds on what a config.json may ask for, so a damaged or hostile file is refused
+# before it allocates anything.
+MAX_CONFIG_BYTES = 16 << 20
+MAX_WEIGHTS_BYTES = 4 << 30
+MAX_HIDDEN = 16_384
+MAX_T_DIM = 1024
+MAX_DENOISE_STEPS = 1000
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, I/O error); ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: cannot write the checkpoint ({reason})")
 
 
 def model_config(model: GDM | MLPAllocator, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -62,11 +105,28 @@ def model_config(model: GDM | MLPAllocator, extra: dict[str, Any] | None = None)
     for key, value in (model.config or {}).items():
         cfg.setdefault(key, value)
     cfg.update(extra or {})
+    cfg["format"], cfg["version"] = FORMAT, VERSION
     return cfg
 
 
 def _module(model: GDM | MLPAllocator) -> torch.nn.Module:
     return model.denoiser if isinstance(model, GDM) else model.net
+
+
+def claim(out: str | Path, *, force: bool, resume: bool = False) -> Path:
+    """Check that a checkpoint may be written at ``out`` (see outputs.claim_dir): absent or
+    empty, or a previous aigxctl checkpoint with ``force`` (``resume`` continues one)."""
+    return outputs.claim_dir(out, LAYOUT, force=force, resume=resume, what="model checkpoint",
+                             marker=(CONFIG, FORMAT))  # fmt: skip
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write a file of the staging directory and flush it to disk before the swap."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_model(
@@ -75,78 +135,204 @@ def save_model(
     extra: dict[str, Any] | None = None,
     resume: dict[str, torch.Tensor] | None = None,
     resume_info: dict[str, Any] | None = None,
+    *,
+    metrics: list[str] | None = None,
+    staging: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the checkpoint directory atomically (replacing an existing one); returns the
-    config written."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cfg = model_config(model, extra)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)  # mkdtemp makes the directory 0700; give it what mkdir would
+    """Write a complete checkpoint directory and swap it in at ``out``; returns the config.
+
+    An existing directory at ``out`` is replaced only when it is an aigxctl checkpoint (the
+    caller asks the user's --force first, through :func:`claim`); the old one stays whole until
+    the new one is. ``metrics`` are the lines of metrics.jsonl; ``staging`` is a directory
+    already made by :func:`outputs.new_staging_dir` (holding the run's TensorBoard logs, say).
+    Raises CheckpointWriteError, with nothing changed at ``out``, when the disk refuses.
+    """
+    path = claim(out, force=True, resume=True)
+    if staging is None:
+        staging = outputs.new_staging_dir(path)
+    umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    mode = 0o666 & ~umask
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in _module(model).state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS))
-        (tmp / WEIGHTS).chmod(0o666 & ~umask)  # safetensors writes 0600; match config.json
-        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        blob = safetensors.torch.save(state)
+        cfg = model_config(model, {**(extra or {}),
+                                   "weights_sha256": hashlib.sha256(blob).hexdigest()})  # fmt: skip
+        _write(staging / WEIGHTS, blob, mode)
         if resume is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in resume.items()},
-                      str(tmp / "resume.safetensors"))  # fmt: skip
-            (tmp / "resume.json").write_text(json.dumps(resume_info or {}), encoding="utf-8")
-        # Keep whatever else the directory holds (metrics.jsonl, TensorBoard logs).
-        if out.exists():
-            for item in out.iterdir():
-                if not (tmp / item.name).exists() and item.name not in (
-                    "resume.safetensors", "resume.json"):  # fmt: skip
-                    shutil.move(str(item), tmp / item.name)
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+            _write(staging / RESUME_WEIGHTS, safetensors.torch.save(
+                {k: v.detach().cpu().contiguous() for k, v in resume.items()}), mode)  # fmt: skip
+            _write(staging / RESUME_INFO, json.dumps(resume_info or {}).encode(), mode)
+        if metrics:
+            _write(staging / METRICS, ("\n".join(metrics) + "\n").encode(), mode)
+        _write(staging / CONFIG, (json.dumps(cfg, indent=2) + "\n").encode(), mode)
+        outputs.commit_dir(staging, path, LAYOUT)
+    except OSError as exc:
+        outputs.discard(staging, LAYOUT)
+        raise CheckpointWriteError(Path(out), exc.strerror or str(exc)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        outputs.discard(staging, LAYOUT)
         raise
     return cfg
+
+
+def _regular_file(path: Path, what: str, limit: int) -> None:
+    """Refuse a missing, special (FIFO, device: reading one can hang) or oversized file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; the {what} is incomplete") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path}: not a regular file; the {what} is damaged")
+    if st.st_size > limit:
+        raise UserError(f"{path}: {st.st_size:,} bytes, more than the {limit:,} a {what} holds")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    _regular_file(path, what, MAX_CONFIG_BYTES)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path}: damaged (not valid JSON)") from None
+    except RecursionError:
+        raise UserError(f"{path}: damaged (nested too deeply)") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _int(cfg: dict[str, Any], key: str, low: int, high: int, default: int | None = None) -> int:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _positive(cfg: dict[str, Any], key: str) -> float:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{key} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_config(cfg: Any) -> None:
+    """Raise ValueError naming the first key that is missing, of the wrong type or off range."""
+    version = cfg.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    if cfg.get("arch") not in ("gdm", "mlp"):
+        raise ValueError(f"arch must be gdm or mlp, got {cfg.get('arch')!r}")
+    m = _int(cfg, "m", 1, MAX_CHANNELS)
+    for key in ("cond_mean", "cond_std"):
+        v = cfg.get(key)
+        if not (isinstance(v, list) and len(v) == m and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in v)):  # fmt: skip
+            raise ValueError(f"{key} must be a list of {m} finite numbers")
+    if not all(x > 0 for x in cfg["cond_std"]):
+        raise ValueError("cond_std must be > 0")
+    _positive(cfg, "total_power")
+    _positive(cfg, "noise")
+    _int(cfg, "hidden", 1, MAX_HIDDEN)
+    if cfg["arch"] == "gdm":
+        t_dim = _int(cfg, "t_dim", 4, MAX_T_DIM, default=16)
+        if t_dim % 2:
+            raise ValueError(f"t_dim must be even, got {t_dim}")
+        _int(cfg, "steps", 1, MAX_DENOISE_STEPS)
+        _int(cfg, "best_of", 1, MAX_BEST_OF, default=1)
+        for key, allowed in (("schedule", SCHEDULES), ("pred", PREDICTIONS),
+                             ("mode", SAMPLING_MODES)):  # fmt: skip
+            if cfg.get(key, "ddim" if key == "mode" else None) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}")
+    digest = cfg.get("weights_sha256")
+    if version >= 2 and not (isinstance(digest, str) and len(digest) == 64):
+        raise ValueError("weights_sha256 is missing")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a checkpoint directory, validated; errors name the directory."""
     path = Path(path)
+    if path.is_file():
+        raise UserError(
+            f"{path}: is a file, not a model directory (a model directory holds {CONFIG} and "
+            f"{WEIGHTS}, as written by 'aigxctl train')"
+        )
     if not path.is_dir():
         raise UserError(f"{path}: no such model directory (train one with 'aigxctl train')")
     cfg_path = path / CONFIG
     if not cfg_path.exists():
         raise UserError(f"{path}: not an aigxctl model (no {CONFIG})")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{cfg_path}: damaged (not valid JSON)") from None
+    cfg = _read_json(cfg_path, "model")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise UserError(f"{path}: not an aigxctl model ({CONFIG} has no format {FORMAT!r})")
-    try:
-        m = int(cfg["m"])
-        if cfg["arch"] not in ("gdm", "mlp") or m < 1 or len(cfg["cond_mean"]) != m:
-            raise ValueError
-        std = np.asarray(cfg["cond_std"], dtype=np.float64)
-        if std.shape != (m,) or not np.all(std > 0) or not np.all(np.isfinite(cfg["cond_mean"])):
-            raise ValueError
-        if not (float(cfg["total_power"]) > 0 and float(cfg["noise"]) > 0):
-            raise ValueError
-        if cfg["arch"] == "gdm" and (
-            cfg["schedule"] not in SCHEDULES or cfg["pred"] not in PREDICTIONS
-            or int(cfg["steps"]) < 1):  # fmt: skip
-            raise ValueError
-        float(cfg["total_power"]), float(cfg["noise"]), int(cfg["hidden"])
-    except (KeyError, ValueError, TypeError):
+    version = cfg.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
         raise UserError(
-            f"{cfg_path}: damaged or from another version (bad or missing keys)"
-        ) from None
+            f"{cfg_path}: model format version {version} is newer than this aigxctl reads "
+            f"({VERSION}); upgrade aigxctl"
+        )
+    try:
+        _check_config(cfg)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{cfg_path}: damaged or from another version ({exc})") from None
     return cfg
+
+
+def _read_weights(path: Path, cfg: dict[str, Any], module: torch.nn.Module) -> None:
+    """Load model.safetensors into ``module`` after checking its checksum, names, shapes,
+    dtype (float32) and that every weight is finite."""
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise UserError(f"{path}: damaged (no {WEIGHTS})")
+    _regular_file(weights, "model", MAX_WEIGHTS_BYTES)
+    blob = weights.read_bytes()
+    expected = cfg.get("weights_sha256")
+    if expected is not None and hashlib.sha256(blob).hexdigest() != expected:
+        raise UserError(
+            f"{weights}: does not match the checksum in {CONFIG} (damaged or changed since it "
+            "was written)"
+        )
+    try:
+        state = safetensors.torch.load(blob)
+    except (SafetensorError, RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(f"{weights}: damaged ({first})") from None
+    wanted = module.state_dict()
+    if set(state) != set(wanted):
+        raise UserError(f"{weights}: does not match {CONFIG} (other layer names)")
+    for key, tensor in state.items():
+        if tensor.dtype != torch.float32 or tensor.shape != wanted[key].shape:
+            raise UserError(
+                f"{weights}: {key} is {tensor.dtype} {list(tensor.shape)}, expected float32 "
+                f"{list(wanted[key].shape)} (does not match {CONFIG})"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{weights}: {key} holds NaN or infinite values")
+    module.load_state_dict(state)
+
+
+def read_resume(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The training state an interrupted run left in ``path``: (resume.json, tensors), checked;
+    errors say the state is damaged and how to go on."""
+    path = Path(path)
+    hint = "start over with --force instead of --resume"
+    info = _read_json(path / RESUME_INFO, "resume state")
+    step = info.get("step") if isinstance(info, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"{path / RESUME_INFO}: damaged (no valid step); {hint}")
+    _regular_file(path / RESUME_WEIGHTS, "resume state", MAX_WEIGHTS_BYTES)
+    try:
+        state = safetensors.torch.load((path / RESUME_WEIGHTS).read_bytes())
+    except (SafetensorError, RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(f"{path / RESUME_WEIGHTS}: damaged ({first}); {hint}") from None
+    rng = state.get("rng")
+    if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
+        raise UserError(f"{path / RESUME_WEIGHTS}: damaged (no random-generator state); {hint}")
+    return info, state
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GDM | MLPAllocator:
@@ -158,15 +344,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GDM | ML
         module: torch.nn.Module = Denoiser(m, int(cfg["hidden"]), int(cfg.get("t_dim", 16)))
     else:
         module = Regressor(m, int(cfg["hidden"]))
-    weights = path / WEIGHTS
-    if not weights.exists():
-        raise UserError(f"{path}: damaged (no {WEIGHTS})")
-    try:
-        state = load_file(str(weights))
-        module.load_state_dict(state)
-    except (SafetensorError, RuntimeError, OSError) as exc:
-        first = str(exc).splitlines()[0][:200]
-        raise UserError(f"{weights}: damaged or does not match config.json ({first})") from None
+    _read_weights(path, cfg, module)
     module.to(device).eval()
     common = {
         "cond_mean": np.asarray(cfg["cond_mean"], dtype=np.float64),

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from aigxctl import __version__, report
+from aigxctl import __version__, report, signals
 from aigxctl.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,20 +44,24 @@ app.add_typer(scenarios_app, name="scenarios")
 
 
 def user_errors(fn: F) -> F:
-    """Turn UserError into one line on stderr and exit code 2 (traceback with AIGXCTL_DEBUG=1)."""
+    """Turn UserError into one line on stderr and exit code 2 (traceback with AIGXCTL_DEBUG=1);
+    Ctrl-C, SIGTERM and SIGHUP into "interrupted" and exit code 128 + the signal number, after
+    the command's cleanup (temporary files) has run."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with signals.as_interrupt():
+                return fn(*args, **kwargs)
         except UserError as exc:
             if os.environ.get("AIGXCTL_DEBUG"):
                 raise
             report.error(str(exc))
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            report.error("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            name = signals.signal_name(exc)
+            report.error("interrupted" if name == "SIGINT" else f"interrupted ({name})")
+            raise typer.Exit(signals.exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -84,6 +88,17 @@ def positive(name: str, value: float) -> float:
     """Check a numeric option is finite and > 0, naming the option otherwise."""
     if not (value > 0 and value != float("inf")):
         raise UserError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def power_level(name: str, value: float) -> float:
+    """Check a power (P or sigma^2) is finite and a normal float > 0: below ~2.2e-308 it loses
+    its precision and every rate rounds to 0."""
+    positive(name, value)
+    if value < sys.float_info.min:
+        raise UserError(
+            f"{name} must be at least {sys.float_info.min:.4g} (a normal float), got {value:g}"
+        )
     return value
 
 
@@ -189,8 +204,8 @@ def allocate(
         raise UserError(f"--model is only used with --method gdm (not {method.value})")
     p = total_power if total_power is not None else (loaded.total_power if loaded else 0.2)
     s2 = noise if noise is not None else (loaded.noise if loaded else 1.0)
-    positive("--total-power", p)
-    positive("--noise", s2)
+    power_level("--total-power", p)
+    power_level("--noise", s2)
     if best_of is not None and best_of < 1:
         raise UserError(f"--best-of must be >= 1, got {best_of}")
     g = files.read_gains_csv(gains)
@@ -198,7 +213,8 @@ def allocate(
     if loaded is not None:
         if g.shape[1] != loaded.m:
             raise UserError(
-                f"{gains}: rows have {g.shape[1]} gains but the model {model} was trained for "
+                f"{files.source_name(gains)}: rows have {g.shape[1]} gains but the model {model} "
+                "was trained for "
                 f"M = {loaded.m} channels"
             )
         kwargs = {
@@ -211,8 +227,14 @@ def allocate(
     result = allocation.allocate(g, method.value, p, s2, **kwargs)
     text = allocation.to_csv(result) if fmt is OutputFormat.csv else allocation.to_json(result)
     if out is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): Typer exits quietly, as pipes expect
+        except OSError as exc:  # > /dev/full, a full disk, an I/O error
+            _drop_stdout()
+            raise UserError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
     else:
         files.atomic_write_text(out, text)
     rows, m = result.power.shape
@@ -225,6 +247,18 @@ def allocate(
         f"P={p:g}, σ²={s2:g}: mean sum rate "
         f"[bold]{result.sum_rate.mean():.4f}[/] bit/s/Hz in {result.seconds * 1e3:.2f} ms{where}"
     )
+
+
+def _drop_stdout() -> None:
+    """Point file descriptor 1 at /dev/null after a failed write, so that Python's own flush at
+    exit does not fail a second time with a traceback ("Exception ignored ...")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 def _load_model(path: Path) -> Any:
@@ -292,6 +326,7 @@ def scenarios_show(
         return
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
+    scenarios.check_draw_size(samples, s.m, "--samples")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     est = scenarios.estimate(s, samples, seed)
@@ -356,14 +391,14 @@ def collect(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from aigxctl import data, scenarios
+    from aigxctl import data, files, scenarios
 
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     if total_power is not None:
-        positive("--total-power", total_power)
+        power_level("--total-power", total_power)
     if fmt is None:
         fmt = DataFormat.csv if out.suffix.lower() == ".csv" else DataFormat.npz
     if out.is_dir():
@@ -382,22 +417,32 @@ def collect(
         disable=samples < 200_000 or not report.err.is_terminal,
     ) as bar:
         task = bar.add_task(f"collect {escape(s.name)}", total=samples)
-        info = data.collect_to_file(
-            s,
-            samples,
-            seed,
-            out,
-            total_power=total_power,
-            csv=fmt is DataFormat.csv,
-            progress=lambda done: bar.update(task, completed=done),
-        )
+        try:
+            info = data.collect_to_file(
+                s,
+                samples,
+                seed,
+                out,
+                total_power=total_power,
+                csv=fmt is DataFormat.csv,
+                progress=lambda done: bar.update(task, completed=done),
+                # Checked again as the file gets its name: another run may have made it since.
+                overwrite=force,
+            )
+        except files.TargetExists:
+            raise UserError(f"{out} exists; pass --force to overwrite it") from None
     secs = time.perf_counter() - start
-    gain = info["expert_rate"] / info["equal_rate"] - 1
+    # A tiny P rounds every rate to 0: no ratio to show then.
+    vs_equal = (
+        f" ({info['expert_rate'] / info['equal_rate'] - 1:+.1%} over equal)"
+        if info["equal_rate"] > 0
+        else ""
+    )
     report.err.print(
         f"[green]✓[/] {samples:,} samples of {escape(s.name)} (M={s.m}, "
         f"P={info['total_power']:g}, seed {seed}) -> {escape(str(out))} ({fmt.value}) in "
         f"{secs:.2f} s; expert mean sum rate "
-        f"{info['expert_rate']:.4f} bit/s/Hz ({gain:+.1%} over equal)"
+        f"{info['expert_rate']:.4f} bit/s/Hz{vs_equal}"
     )
 
 
@@ -436,7 +481,17 @@ def train(
     init: Annotated[
         Path | None, typer.Option("--init", help="Fine-tune from this model (the T3 retraining).")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted run saved in --out.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace the model checkpoint already in --out (never a directory holding "
+            "other files).",
+        ),
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel processes (DDP).")] = 1,
     pred: Annotated[str, typer.Option("--pred", help="x0 or eps prediction.")] = "x0",
@@ -457,7 +512,8 @@ def train(
     """Train the diffusion model (or the MLP baseline) on expert-labelled datasets."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from aigxctl.train import TrainConfig
+    from aigxctl import signals
+    from aigxctl.train import TrainConfig, TrainingInterrupted
     from aigxctl.train import train as run_train
 
     if mode not in ("expert", "reward"):
@@ -481,6 +537,7 @@ def train(
         seed=seed,
         init=str(init) if init else None,
         resume=resume,
+        force=force,
         device=device,
         nproc=nproc,
         pred=pred,
@@ -491,7 +548,8 @@ def train(
         val_every=val_every,
         tensorboard=tensorboard,
     )
-    with Progress(
+    # Drawn from the first step on, so an option or input error is the only line printed.
+    bar = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
@@ -499,42 +557,58 @@ def train(
         "{task.fields[status]}",
         console=report.err,
         transient=False,
-    ) as bar:
-        task = bar.add_task(f"train {arch}", total=steps, status="")
+    )
+    task = bar.add_task(f"train {arch}", total=steps, status="")
 
-        def progress(step: int, m: dict[str, float]) -> None:
-            status = f"loss {m['loss']:.2e}"
-            if "val_fraction" in m:
-                status += f"  val {m['val_fraction']:.2%} of optimum"
-            bar.update(task, completed=step, status=status)
+    def progress(step: int, m: dict[str, float]) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        status = f"loss {m['loss']:.2e}"
+        if "val_fraction" in m:
+            status += f"  val {m['val_fraction']:.2%} of optimum"
+        bar.update(task, completed=step, status=status)
 
-        try:
-            if mode == "reward":
-                from aigxctl.reward import RewardConfig, train_reward
+    try:
+        if mode == "reward":
+            from aigxctl.reward import RewardConfig, train_reward
 
-                result = train_reward(
-                    RewardConfig(
-                        scenario=scenario,
-                        out=str(out),
-                        steps=steps,
-                        lr=RewardConfig.lr if lr is None else lr,
-                        batch=RewardConfig.batch if batch is None else batch,
-                        seed=seed,
-                        hidden=hidden,
-                        denoise_steps=denoise_steps,
-                        val_every=val_every,
-                        init=str(init) if init else None,
-                    ),
-                    progress,
-                )
-            else:
-                result = run_train(cfg, progress)
-        except KeyboardInterrupt:
-            if mode == "reward":  # it writes its checkpoint only at the end
-                report.error(f"interrupted; nothing was written to {out}")
-            else:
-                report.error(f"interrupted; checkpoint saved to {out}, continue with --resume")
-            raise typer.Exit(130) from None
+            result = train_reward(
+                RewardConfig(
+                    scenario=scenario,
+                    out=str(out),
+                    steps=steps,
+                    lr=RewardConfig.lr if lr is None else lr,
+                    batch=RewardConfig.batch if batch is None else batch,
+                    seed=seed,
+                    hidden=hidden,
+                    denoise_steps=denoise_steps,
+                    val_every=val_every,
+                    init=str(init) if init else None,
+                    force=force,
+                ),
+                progress,
+            )
+        else:
+            result = run_train(cfg, progress)
+    except TrainingInterrupted as exc:
+        bar.stop()
+        how = f"interrupted by {signals.signal_name(exc)} at step {exc.step} of {exc.steps}"
+        if exc.checkpoint is None:
+            report.error(f"{how}; nothing was written to {out}")
+        else:
+            report.error(
+                f"{how}; a resumable checkpoint is in {out}: continue with the same "
+                "command and --resume"
+            )
+        raise typer.Exit(signals.exit_code(exc)) from None
+    except KeyboardInterrupt as exc:
+        bar.stop()  # reward training writes its checkpoint only at the end
+        report.error(
+            f"interrupted by {signals.signal_name(exc)}; nothing was written to {out}"
+        )
+        raise typer.Exit(signals.exit_code(exc)) from None
+    finally:
+        bar.stop()
     frac = result.get("val_fraction")
     report.err.print(
         f"[green]✓[/] {arch} -> {out}: {result['step']} steps on {result['samples']:,} samples in "
@@ -567,21 +641,24 @@ def evaluate(
     ] = False,
 ) -> None:
     """Mean sum rate of a model vs the optimum and baselines, % of optimum, gain over equal."""
-    import numpy as np
-
     from aigxctl import data, scenarios
     from aigxctl.evaluate import evaluate as run_evaluate
+    from aigxctl.model import MAX_BEST_OF
 
     if (dataset is None) == (scenario is None):
         raise UserError("give exactly one of --data FILE.npz or --scenario NAME")
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
+    if best_of is not None and not 1 <= best_of <= MAX_BEST_OF:
+        raise UserError(f"--best-of must be >= 1 and <= {MAX_BEST_OF}, got {best_of}")
+    if dataset is None:  # before loading the model: a bad scenario or size fails fast
+        s = scenarios.get(scenario)
+        scenarios.check_draw_size(samples, s.m, "--samples")
     loaded = _load_model(model)
     if dataset is not None:
         gains, source = data.load(dataset).gains, str(dataset)
     else:
-        s = scenarios.get(scenario)
-        gains = np.concatenate(list(scenarios.draw_chunks(s, samples, seed)))
+        gains = scenarios.draw(s, samples, seed)
         source = f"{s.name} ({samples:,} fresh draws, seed {seed})"
     simple, others = [], {}
     for item in (b.strip() for b in baselines.split(",") if b.strip()):
@@ -628,6 +705,14 @@ def cycle(
     quick: Annotated[
         bool, typer.Option("--quick", help="Small sizes: a smoke test in about 20 s.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a previous cycle's results in --out (never a directory holding "
+            "other files).",
+        ),
+    ] = False,
 ) -> None:
     """Replay the virtuous cycle: T1 train, T2 rainstorm drift, T3 retrain, with baselines."""
     from rich.live import Live
@@ -649,7 +734,7 @@ def cycle(
         live.update(state["text"])
 
     with Live("starting", console=report.err, refresh_per_second=4, transient=True) as live:
-        result = run_cycle(cfg, out, display)
+        result = run_cycle(cfg, out, display, force=force)
     report.out.print(cycle_table(result))
     sac = result["sac"]
     if sac["status"] != "trained":
@@ -731,11 +816,9 @@ def bench_waterfill(
     """Rows/s of the core's water-filling vs a bisection loop, vectorised NumPy and a copy."""
     from aigxctl import bench
 
-    sizes = _int_list("--batches", batches)
-    ms = _int_list("--channels", channels)
-    if repeats < 1:
-        raise UserError(f"--repeats must be >= 1, got {repeats}")
-    results = bench.waterfill(sizes, ms, repeats=repeats)
+    results = bench.waterfill(
+        _int_list("--batches", batches), _int_list("--channels", channels), repeats=repeats
+    )
     if json_out:
         report.out.print_json(data=results)
     else:
@@ -765,8 +848,6 @@ def bench_sample(
     """Allocations/s of the fused sampler vs the plain PyTorch sampler (same weights)."""
     from aigxctl import bench
 
-    if repeats < 1:
-        raise UserError(f"--repeats must be >= 1, got {repeats}")
     results = bench.sample(
         _int_list("--batches", batches),
         repeats,
@@ -796,10 +877,6 @@ def bench_collect(
     """Collect throughput (draw + exact labels, in memory and to .npz) vs drawing the gains."""
     from aigxctl import bench
 
-    if samples < 1:
-        raise UserError(f"--samples must be >= 1, got {samples}")
-    if repeats < 1:
-        raise UserError(f"--repeats must be >= 1, got {repeats}")
     results = bench.collect(samples, repeats, scenario=scenario)
     if json_out:
         report.out.print_json(data=results)
@@ -808,11 +885,18 @@ def bench_collect(
 
 
 def _int_list(option: str, text: str) -> list[int]:
-    try:
-        values = [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{option} must be comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
+    """Comma-separated positive integers ("1,1e5" too); the upper limits are the library's."""
+    values = []
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        try:
+            # Digits stay exact however many; "1e5" is a fine way to write 100000.
+            number = int(item) if item.isdigit() else float(item)
+        except ValueError:
+            number = float("nan")
+        if not (number >= 1 and (isinstance(number, int) or number.is_integer())):  # nan, inf
+            raise UserError(f"{option} must list integers >= 1, got {item!r}")
+        values.append(int(number))
+    if not values:
         raise UserError(f"{option} must list integers >= 1, got {text!r}")
     return values
 

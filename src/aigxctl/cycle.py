@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,18 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from aigxctl import core, data, scenarios
-from aigxctl.checkpoint import load_model
+from aigxctl import core, data, outputs, scenarios
+from aigxctl.checkpoint import MAX_HIDDEN, load_model
 from aigxctl.errors import UserError
 from aigxctl.evaluate import evaluate
 from aigxctl.files import atomic_path, atomic_write_text
 from aigxctl.reward import RewardConfig, train_reward
-from aigxctl.train import TrainConfig, train
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from aigxctl.train import MAX_STEPS, TrainConfig, train
 
 __all__ = ["PAPER", "CycleConfig", "load_config", "run_cycle"]
 
@@ -97,16 +91,19 @@ class CycleConfig:
             raise UserError(
                 'training = "reward" retrains by fine-tuning on T2 draws: set retrain = "finetune"'
             )
-        for key in ("samples", "t1_steps", "t3_steps", "eval_samples", "hidden", "val_every"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key, high in (("samples", None), ("t1_steps", MAX_STEPS), ("t3_steps", MAX_STEPS),
+                          ("eval_samples", None), ("hidden", MAX_HIDDEN),
+                          ("val_every", MAX_STEPS), ("sac_steps", MAX_STEPS)):  # fmt: skip
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"{key} must be >= 1, got {value}")
+            if value is not None and high is not None and value > high:
+                raise UserError(f"{key} must be <= {high:,}, got {value}")
         if not (self.t3_lr > 0 and math.isfinite(self.t3_lr)):
             raise UserError(f"t3_lr must be a finite number > 0, got {self.t3_lr}")
         for key in ("rate_weight", "t3_rate_weight"):
             if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
                 raise UserError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
-        if self.sac_steps is not None and self.sac_steps < 1:
-            raise UserError(f"sac_steps must be >= 1, got {self.sac_steps}")
 
 
 def load_config(path: str | Path | None, quick: bool = False) -> CycleConfig:
@@ -116,18 +113,25 @@ def load_config(path: str | Path | None, quick: bool = False) -> CycleConfig:
         cfg.check()
         return cfg
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such cycle config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
-    table = raw.get("cycle", raw)
+    raw = scenarios.read_toml(path, "cycle config")
+    # The settings sit in a [cycle] table or at the top level, never both: anything beside a
+    # [cycle] table would be silently ignored.
+    if "cycle" in raw:
+        table, prefix = raw["cycle"], "cycle."
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: cycle: must be a [cycle] table, got {table!r:.40}")
+        for key in raw:
+            if key != "cycle":
+                raise UserError(
+                    f"{path}: {key}: unknown top-level key (settings go in the [cycle] table)"
+                )
+    else:
+        table, prefix = raw, ""
     known = {f for f in CycleConfig.__dataclass_fields__ if f != "extra"}
     for key, value in table.items():
         if key not in known:
             raise UserError(
-                f"{path}: cycle.{key}: unknown key (expected {', '.join(sorted(known))})"
+                f"{path}: {prefix}{key}: unknown key (expected {', '.join(sorted(known))})"
             )
         expected = type(getattr(cfg, key))
         if key == "sac_steps":
@@ -135,7 +139,9 @@ def load_config(path: str | Path | None, quick: bool = False) -> CycleConfig:
         if expected is float and isinstance(value, int):
             value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise UserError(f"{path}: cycle.{key}: expected {expected.__name__}, got {value!r}")
+            raise UserError(
+                f"{path}: {prefix}{key}: expected {expected.__name__}, got {value!r:.40}"
+            )
         setattr(cfg, key, value)
     try:
         cfg.check()
@@ -163,14 +169,35 @@ def _rates(res: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None) -> dict[str, Any]:
-    """Run T1 -> T2 -> T3 into ``out``; returns the report (also written as report.json)."""
+# What a cycle writes in its run directory (outputs.Layout); each piece is written by its own
+# safe writer (dataset files, checkpoint directories), which never replaces anything else.
+LAYOUT: outputs.Layout = {
+    "data": ("t1.npz", "t2.npz"),
+    "models": ("t1_gdm/", "t1_mlp/", "t1_sac/", "t3_gdm/", "t3_gdm_combined/", "t3_mlp/",
+               "t3_sac/"),
+    "report.json": None,
+    "metrics.jsonl": None,
+    "cycle.png": None,
+    "cycle.svg": None,
+}
+
+
+def run_cycle(
+    cfg: CycleConfig, out: str | Path, display: Display | None = None, *, force: bool = False
+) -> dict[str, Any]:
+    """Run T1 -> T2 -> T3 into ``out``; returns the report (also written as report.json).
+
+    ``out`` must be new or empty, or (with ``force``) a previous cycle's run directory, whose
+    pieces are then replaced one by one; a directory holding anything else is refused.
+    """
     cfg.check()
-    out = Path(out)
+    t1, t2 = scenarios.get(cfg.t1_scenario), scenarios.get(cfg.t2_scenario)
+    for key in ("samples", "eval_samples"):  # held in memory for training and evaluation
+        scenarios.check_draw_size(getattr(cfg, key), t1.m, key)
+    out = outputs.claim_dir(out, LAYOUT, force=force, what="cycle run")
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
     show = display or (lambda _phase, _status: None)
-    t1, t2 = scenarios.get(cfg.t1_scenario), scenarios.get(cfg.t2_scenario)
     if t1.m != t2.m:
         raise UserError(f"the two scenarios have different M ({t1.m} and {t2.m})")
     curve: list[dict[str, Any]] = []  # metrics.jsonl rows
@@ -224,6 +251,7 @@ def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None)
                 seed=cfg.seed,
                 val_every=cfg.val_every,
                 init=str(init) if init else None,
+                force=True,  # the run directory was claimed (and --force asked) above
             )
             train_reward(rc, progress)
         else:
@@ -238,6 +266,7 @@ def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None)
                 hidden=cfg.hidden,
                 init=str(init) if init else None,
                 val_every=cfg.val_every,
+                force=True,  # the run directory was claimed (and --force asked) above
             )
             train(tc, progress)
         timings[name] = time.perf_counter() - t0
@@ -263,7 +292,7 @@ def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None)
     # ---- T1: collect under good weather, train ----------------------------------------------
     show("T1", {"method": "collect"})
     d1 = out / "data" / "t1.npz"
-    data.collect_to_file(t1, cfg.samples, cfg.seed, d1)
+    data.collect_to_file(t1, cfg.samples, cfg.seed, d1, overwrite=True)
     g1, opt1 = eval_gains(t1, cfg.seed + 101)
     gdm1 = fit("t1_gdm", [d1], cfg.t1_steps, "gdm", None, 2e-3, cfg.rate_weight, "T1", opt1)
     mlp1 = (
@@ -309,7 +338,7 @@ def run_cycle(cfg: CycleConfig, out: str | Path, display: Display | None = None)
     offset += band
     show("T2", {"method": "collect"})
     d2 = out / "data" / "t2.npz"
-    data.collect_to_file(t2, cfg.samples, cfg.seed + 1, d2)
+    data.collect_to_file(t2, cfg.samples, cfg.seed + 1, d2, overwrite=True)
     phases.append(
         {"name": "T2", "eval_scenario": t2.name, "models_from": "T1", "methods": t2_methods}
     )

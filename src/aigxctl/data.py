@@ -18,9 +18,11 @@ chunk. The file appears under its name only when complete (:func:`aigxctl.files.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
 import io
 import json
+import math
 import shutil
 import tempfile
 import zipfile
@@ -35,7 +37,7 @@ import numpy as np
 from aigxctl import core
 from aigxctl.errors import UserError
 from aigxctl.files import atomic_path
-from aigxctl.scenarios import CHUNK_ROWS, Scenario, draw_chunks
+from aigxctl.scenarios import CHUNK_ROWS, MAX_CHANNELS, SCALE_RANGE, Scenario, draw_chunks
 
 __all__ = ["FORMAT", "VERSION", "Dataset", "collect", "collect_to_file", "load", "save"]
 
@@ -43,6 +45,14 @@ FORMAT = "aigxctl-dataset"
 VERSION = 1
 ARRAYS = ("gains", "power", "sum_rate")
 _F8 = np.dtype("<f8")  # the files' dtype whatever the machine's byte order
+# Loading holds the whole dataset in memory: refuse files whose arrays would take more (50 M
+# samples at M = 20). Checked on the .npy headers, before any data is read.
+MAX_DATASET_BYTES = 1 << 34
+# aigxctl writes datasets uncompressed; a compressed member (np.savez_compressed) may unpack to
+# at most this many times its size (float gains pack to ~1x), so a zip bomb is refused unread.
+MAX_EXPANSION = 100
+# Characters of the metadata JSON: a scenario from the largest scenario file fits ~3 times.
+MAX_META_CHARS = 1 << 22
 
 
 @dataclass
@@ -70,6 +80,14 @@ class Dataset:
     @property
     def n(self) -> int:
         return int(self.gains.shape[0])
+
+    @property
+    def scenario_name(self) -> str | None:
+        """The name of the scenario the gains were drawn from, or None when the metadata does
+        not say (a hand-made dataset, or one whose ``scenario`` is not a table with a name)."""
+        scenario = self.meta.get("scenario")
+        name = scenario.get("name") if isinstance(scenario, dict) else None
+        return name if isinstance(name, str) else None
 
 
 def _meta(scenario: Scenario, samples: int, seed: int) -> dict[str, Any]:
@@ -172,6 +190,14 @@ def _meta_npy(meta: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+class _Stream:
+    """Only ``write``: zipfile then writes a stream (sizes after each entry), which a FIFO or a
+    device needs; given /dev/null itself it would seek, and fail on the offsets it reads."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.write, self.flush = f.write, f.flush
+
+
 def _write_npz(
     target: Path, labelled: Iterator[tuple[np.ndarray, ...]], shape: tuple[int, int],
     meta: dict[str, Any], on_chunk: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
@@ -180,11 +206,21 @@ def _write_npz(
     go straight into theirs while power and sum rate wait in unnamed temporary files (beside the
     target: same disk, and nothing left behind even if the process is killed)."""
     n, m = shape
-    with (
-        zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
-        tempfile.TemporaryFile(dir=target.parent) as power_f,
-        tempfile.TemporaryFile(dir=target.parent) as rate_f,
-    ):
+    regular = target.is_file()
+    with contextlib.ExitStack() as stack:
+        if regular:
+            zf = stack.enter_context(
+                zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True)
+            )
+        else:  # a FIFO or device written in place: a stream, with no seeking back
+            stream = stack.enter_context(target.open("wb"))
+            zf = stack.enter_context(
+                zipfile.ZipFile(_Stream(stream), "w", zipfile.ZIP_STORED, allowZip64=True)
+            )
+        # Not beside /dev/null or a FIFO: in the system's temporary folder then.
+        spill = target.parent if regular else None
+        power_f = stack.enter_context(tempfile.TemporaryFile(dir=spill))
+        rate_f = stack.enter_context(tempfile.TemporaryFile(dir=spill))
         _npy_header(power_f, (n, m))
         _npy_header(rate_f, (n,))
         with (
@@ -229,6 +265,15 @@ def _write_csv(
             on_chunk(gains, power, rate)
 
 
+def _check_level(what: str, value: float) -> None:
+    # Below the smallest normal float, P or sigma^2 lose their precision and every rate
+    # rounds to 0: refused before anything is written.
+    if not (np.isfinite(value) and value >= np.finfo(np.float64).tiny):
+        raise UserError(
+            f"{what} must be a finite number >= {np.finfo(np.float64).tiny:.4g}, got {value!r}"
+        )
+
+
 def collect_to_file(
     scenario: Scenario,
     samples: int,
@@ -239,17 +284,23 @@ def collect_to_file(
     progress: Callable[[int], None] | None = None,
     csv: bool = False,
     chunk: int = CHUNK_ROWS,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Draw, label and write a dataset chunk by chunk; ``progress(rows_done)`` after each chunk.
 
     With ``csv`` the file is a CSV (header ``g1..gM,p1..pM,sum_rate``, one sample per row) for
-    spreadsheets and MATLAB. An existing ``out`` is replaced (the CLI asks for ``--force``).
-    Returns the metadata plus the mean sum rates of the expert and of the equal split.
+    spreadsheets and MATLAB. An existing ``out`` is replaced; with ``overwrite=False`` it is
+    not, even one that appears while this runs (:class:`aigxctl.files.TargetExists`). Returns
+    the metadata plus the mean sum rates of the expert and of the equal split. Write errors (a
+    full disk) are one UserError line naming ``out``.
     """
     if samples < 1:
         raise UserError(f"samples must be >= 1, got {samples}")
     if total_power is not None:
+        _check_level("total power", total_power)
         scenario = scenario.with_power(total_power)
+    _check_level("total power", scenario.total_power)
+    _check_level("noise power", scenario.noise)
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{out}: is a directory, expected a file name")
@@ -264,7 +315,7 @@ def collect_to_file(
             progress(int(sums["done"]))
 
     labelled = _labelled(scenario, samples, seed, chunk)
-    with atomic_path(out) as target:
+    with atomic_path(out, replace=overwrite) as target:
         if csv:
             _write_csv(target, labelled, scenario.m, on_chunk)
         else:
@@ -288,7 +339,80 @@ def save(dataset: Dataset, out: str | Path) -> None:
         )
 
 
+def _member_header(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive_bytes: int, name: str, key: str
+) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one ``.npy`` member from its header alone, after checking that the
+    member's declared size is possible and agrees with the header. Nothing else is read."""
+    if info.header_offset + info.compress_size > archive_bytes:
+        raise UserError(f"{name}: {key} runs past the end of the file (a truncated download?)")
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise UserError(f"{name}: {key} declares {info.file_size:,} bytes but stores "
+                            f"{info.compress_size:,}")  # fmt: skip
+    elif info.file_size > MAX_EXPANSION * info.compress_size + (1 << 20):
+        raise UserError(
+            f"{name}: {key} unpacks to {info.file_size:,} bytes from {info.compress_size:,} "
+            f"(more than {MAX_EXPANSION}-fold: not a dataset, aigxctl writes them uncompressed)"
+        )
+    if info.file_size > MAX_DATASET_BYTES:
+        raise UserError(
+            f"{name}: {key} is {info.file_size / 2**30:.1f} GiB, more than this aigxctl loads "
+            f"({MAX_DATASET_BYTES >> 30} GiB)"
+        )
+    with zf.open(info) as f:
+        # Fortran or C order (the header's middle field) read back alike, in the same bytes.
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # 3.0 only adds UTF-8 field names, which no array of a dataset has
+            raise UserError(f"{name}: {key} is an .npy of version {version}, expected 1.0 or 2.0")
+        header = f.tell()
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise UserError(f"{name}: {key} must be a plain array, got dtype {dtype}")
+    if header + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise UserError(
+            f"{name}: {key} has shape {shape} of {dtype} but holds "
+            f"{info.file_size - header:,} bytes of data"
+        )
+    return shape, dtype
+
+
+def _check_headers(name: str, headers: dict[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+    """The arrays' shapes and dtypes against each other and the limits, before any is read."""
+    for key in ARRAYS:
+        dtype = headers[key][1]
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            raise UserError(f"{name}: {key} must hold floats (float32 or float64), got {dtype}")
+    gains, power, rate = (headers[k][0] for k in ARRAYS)
+    if len(gains) != 2 or gains[0] == 0 or gains[1] == 0:
+        raise UserError(f"{name}: gains must be a non-empty [N, M] array, got {gains}")
+    if gains[1] > MAX_CHANNELS:
+        raise UserError(f"{name}: gains have {gains[1]:,} channels, more than {MAX_CHANNELS:,}")
+    if power != gains or rate != gains[:1]:
+        raise UserError(f"{name}: shapes disagree: gains {gains}, power {power}, sum_rate {rate}")
+    total = sum(math.prod(headers[k][0]) * headers[k][1].itemsize for k in ARRAYS)
+    if total > MAX_DATASET_BYTES:
+        raise UserError(
+            f"{name}: its arrays take {total / 2**30:.1f} GiB, more than this aigxctl loads "
+            f"({MAX_DATASET_BYTES >> 30} GiB)"
+        )
+    meta_shape, meta_dtype = headers["meta"]
+    if meta_shape != () or meta_dtype.kind != "U":
+        raise UserError(f"{name}: its metadata is not a JSON string")
+    if meta_dtype.itemsize // 4 > MAX_META_CHARS:
+        raise UserError(
+            f"{name}: its metadata is {meta_dtype.itemsize // 4:,} characters long, more than "
+            f"{MAX_META_CHARS:,}"
+        )
+
+
 def _read(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The arrays and the metadata of an .npz. The zip's declared sizes and the .npy headers
+    are checked first (:func:`_member_header`, :func:`_check_headers`), so a forged header or a
+    zip bomb is refused before any data is read."""
     name = str(path)
     if not path.exists():
         raise UserError(f"{name}: no such dataset file")
@@ -300,18 +424,32 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
             "make one with 'aigxctl collect'"
         )
     try:
-        # Our own handle, so it closes even when NumPy gives up on the file half-way.
-        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
-            missing = [k for k in (*ARRAYS, "meta") if k not in z.files]
+        with zipfile.ZipFile(path) as zf:
+            # np.savez names members "key.npy"; np.load also takes a bare "key".
+            members = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
+            missing = [k for k in (*ARRAYS, "meta") if k not in members]
             if missing:
                 raise UserError(
                     f"{name}: not an aigxctl dataset (missing {', '.join(missing)}); "
                     "make one with 'aigxctl collect'"
                 )
-            return {k: z[k] for k in ARRAYS}, z["meta"]
+            size = path.stat().st_size
+            headers = {k: _member_header(zf, members[k], size, name, k) for k in (*ARRAYS, "meta")}
+            _check_headers(name, headers)
+            arrays = {}
+            for key in (*ARRAYS, "meta"):
+                with zf.open(members[key]) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+            meta = arrays.pop("meta")
+            return arrays, meta
     except UserError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, TypeError, KeyError) as exc:
+    except MemoryError:
+        raise UserError(f"{name}: too big to load into this machine's memory") from None
+    except (
+        zipfile.BadZipFile, OSError, ValueError, EOFError, TypeError, KeyError, RuntimeError,
+        NotImplementedError,  # an unknown compression method; RuntimeError: encrypted
+    ) as exc:  # fmt: skip
         raise UserError(f"{name}: not a readable .npz dataset ({exc})") from None
 
 
@@ -324,13 +462,13 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
     """
     path = Path(path)
     name = str(path)
-    arrays, meta_raw = _read(path)
+    arrays, meta_raw = _read(path)  # shapes, dtypes and sizes are checked there
     try:
-        if meta_raw.shape != () or meta_raw.dtype.kind != "U":
-            raise ValueError
         meta = json.loads(str(meta_raw[()]))
     except ValueError:
         raise UserError(f"{name}: its metadata is not a JSON string") from None
+    except RecursionError:  # json parses nested arrays recursively
+        raise UserError(f"{name}: its metadata is not a JSON object (nested too deep)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{name}: not an aigxctl dataset (metadata format is not {FORMAT!r})")
     version = meta.get("version", VERSION)
@@ -339,23 +477,17 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
             f"{name}: dataset format version {version!r} is newer than this aigxctl reads "
             f"({VERSION}); upgrade aigxctl"
         )
+    lo, hi = SCALE_RANGE
     for key in ("total_power", "noise"):
         value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise UserError(f"{name}: metadata {key} must be a number > 0, got {value!r}")
         if not np.isfinite(value):
             raise UserError(f"{name}: metadata {key} must be finite, got {value!r}")
+        if not lo <= value <= hi:
+            raise UserError(f"{name}: metadata {key} must be in [{lo:g}, {hi:g}], got {value!r}")
     gains, power, rate = arrays["gains"], arrays["power"], arrays["sum_rate"]
-    if gains.ndim != 2 or gains.shape[0] == 0 or gains.shape[1] == 0:
-        raise UserError(f"{name}: gains must be a non-empty [N, M] array, got {gains.shape}")
-    if power.shape != gains.shape or rate.shape != gains.shape[:1]:
-        raise UserError(
-            f"{name}: shapes disagree: gains {gains.shape}, power {power.shape}, "
-            f"sum_rate {rate.shape}"
-        )
     for key, arr in arrays.items():
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise UserError(f"{name}: {key} must hold floats, got {arr.dtype}")
         bad = ~np.isfinite(arr)
         if bad.any():
             idx = [int(i) for i in np.argwhere(bad)[0]]

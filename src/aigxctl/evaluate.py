@@ -38,11 +38,20 @@ def evaluate(
     """Mean sum rates on ``gains`` [N, M] at the model's P and sigma^2.
 
     ``others`` maps a name to another trained model (e.g. ``"mlp"``) evaluated beside it;
-    ``allocate_kwargs`` go to ``model.allocate`` (mode, best_of, backend).
+    ``allocate_kwargs`` go to ``model.allocate`` (mode, best_of, backend). Rows of zero gains
+    are fine (every method scores 0 there); gains that are all zero are refused, as there is
+    nothing to allocate and no fraction of the optimum to report.
     """
+    if gains.ndim != 2 or len(gains) == 0:
+        raise UserError(f"the gains must be a non-empty [N, M] array, got shape {gains.shape}")
     if gains.shape[1] != model.m:
         raise UserError(
             f"the model was trained for M = {model.m} channels, the gains have {gains.shape[1]}"
+        )
+    if not gains.any():
+        raise UserError(
+            f"all {len(gains):,} gain vectors are zero: nothing to allocate, every method "
+            "scores 0 bit/s/Hz"
         )
     p, s2 = model.total_power, model.noise
     model.allocate(gains[:1], seed=seed, **allocate_kwargs)  # warm-up (packs the fused sampler)
@@ -65,6 +74,11 @@ def evaluate(
     for name, other in (others or {}).items():
         rates[name] = rate(other.allocate(gains))
     equal = rates.get("equal", rate(equal_split(gains, p)))
+    if not (optimum > 0 and equal > 0):  # the ratios below divide by both
+        raise UserError(
+            f"the gains are too small for a nonzero sum rate at P = {p:g}, sigma^2 = {s2:g} "
+            f"(optimum {optimum:g}, equal split {equal:g} bit/s/Hz): nothing to compare"
+        )
     result: dict[str, Any] = {f"{k}_rate": v for k, v in rates.items()}
     result.update(
         {

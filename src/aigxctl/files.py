@@ -1,25 +1,56 @@
 """Reading numeric CSV files with errors that point at the row and column, and writing any
 file atomically (temporary file in the same folder, then rename), so that an interrupted or
 failed command never leaves a half-written output behind.
+
+CSV input is streamed with bounded memory (about 8 bytes per value) and refused, in one line,
+beyond :data:`MAX_LINE_BYTES`, :data:`MAX_COLUMNS` or :data:`MAX_VALUES`. Outputs that are not
+regular files (``/dev/null``, a FIFO) are written in place, ``/dev/stdout`` through the file
+already open; a symbolic link is kept and the file it points to replaced; a replaced file keeps
+its permission bits; temporary files a killed run left are removed by the next; write errors (a
+full disk, an I/O error) become one line naming the file, with the old file intact.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import os
+import re
+import secrets
+import stat
 import sys
 import tempfile
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from aigxctl.core import check_gains
 from aigxctl.errors import InvalidGains, UserError
 
-__all__ = ["atomic_path", "atomic_write_text", "read_gains_csv", "read_matrix_csv"]
+__all__ = [
+    "MAX_COLUMNS",
+    "MAX_LINE_BYTES",
+    "MAX_VALUES",
+    "TargetExists",
+    "atomic_path",
+    "atomic_write_text",
+    "read_gains_csv",
+    "read_matrix_csv",
+    "source_name",
+]
+
+MAX_LINE_BYTES = 1 << 20
+"""Longest CSV row, in bytes (a file without newlines, such as ``/dev/zero``, stops here)."""
+MAX_COLUMNS = 1_000_000
+"""Most columns a CSV row may have."""
+MAX_VALUES = 1 << 28
+"""Most numbers a CSV file may hold in all (2 GiB as float64)."""
+_BLOCK_VALUES = 1 << 16  # numbers parsed into one float64 block before the next is started
 
 
 def _is_number(field: str) -> bool:
@@ -30,54 +61,132 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def _read_csv(source: str | Path, what: str) -> tuple[str, np.ndarray, list[int]]:
-    """Parse a numeric CSV; returns (display name, float64 [rows, cols], file line of each row)."""
-    name = "<stdin>" if str(source) == "-" else str(source)
+def source_name(source: str | Path) -> str:
+    """How messages name a CSV source: ``<stdin>`` for ``-``, else the path as given."""
+    return "<stdin>" if str(source) == "-" else str(source)
+
+
+def _text_lines(f: BinaryIO, name: str, row_bytes: list[int]) -> Iterator[str]:
+    """The lines of ``f`` decoded as UTF-8, each read with a bounded ``readline`` so that a file
+    with no newline cannot fill the memory. ``row_bytes[0]`` adds up the bytes since the caller
+    last reset it, which bounds a row that quotes span over several lines too."""
+    line_no = 0
+    while raw := f.readline(MAX_LINE_BYTES + 1):
+        line_no += 1
+        if b"\0" in raw:  # /dev/zero, images, archives: never a CSV
+            raise UserError(f"{name}: not a text CSV file (line {line_no} holds NUL bytes)")
+        row_bytes[0] += len(raw)
+        if row_bytes[0] > MAX_LINE_BYTES:
+            raise UserError(
+                f"{name}: line {line_no} is longer than the limit of {MAX_LINE_BYTES >> 20} MiB "
+                "for one row (is it a text CSV file?)"
+            )
+        if line_no == 1:
+            # Spreadsheet programs often start a CSV with a byte-order mark, which would
+            # otherwise glue itself to the first field ("\ufeff1" is not a number).
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{name}: not a text CSV file (line {line_no} is not UTF-8)"
+            ) from None
+        yield text
+
+
+def _parse_csv(f: BinaryIO, name: str, what: str) -> tuple[np.ndarray, array[int]]:
+    # Rows go into float64 blocks as they are read, so the memory is the numbers' 8 bytes each
+    # plus one block, never Python objects for the whole file.
+    row_bytes = [0]
+    reader = csv.reader(_text_lines(f, name, row_bytes))
+    blocks: list[np.ndarray] = []
+    block = np.empty((0, 0))
+    filled = total = 0
+    lines: array[int] = array("q")  # the file line of each row, for later messages
+    width = None
     try:
-        # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark, which would
-        # otherwise glue itself to the first field ("\ufeff1" is not a number).
-        text = sys.stdin.read() if str(source) == "-" else Path(source).read_text("utf-8-sig")
-        text = text.removeprefix("\ufeff")
+        for raw in reader:
+            row_bytes[0] = 0
+            line_no = reader.line_num
+            values = None
+            if len(raw) == width:
+                with contextlib.suppress(ValueError):
+                    values = list(map(float, raw))  # fast path: a plain row of numbers
+            if values is None:
+                fields = [f.strip() for f in raw]
+                if not any(fields):
+                    continue  # blank line
+                if width is None:
+                    if len(fields) > MAX_COLUMNS:
+                        raise UserError(
+                            f"{name}: row {line_no} has {len(fields):,} columns, more than the "
+                            f"limit of {MAX_COLUMNS:,}"
+                        )
+                    width = len(fields)
+                    if not any(_is_number(f) for f in fields):
+                        continue  # header row
+                if len(fields) != width:
+                    raise UserError(
+                        f"{name}: row {line_no} has {len(fields)} columns, expected {width} "
+                        "(every row must have the same number of columns)"
+                    )
+                values = []
+                for col, field in enumerate(fields, start=1):
+                    try:
+                        values.append(float(field))
+                    except ValueError:
+                        shown = repr(field) if field else "an empty field"
+                        raise UserError(
+                            f"{name}: row {line_no}, column {col}: {shown} is not a number"
+                        ) from None
+            total += width
+            if total > MAX_VALUES:
+                raise UserError(
+                    f"{name}: more than the limit of {MAX_VALUES:,} numbers "
+                    f"({MAX_VALUES * 8 >> 30} GiB as float64) at row {line_no}; split the file"
+                )
+            if filled == len(block):
+                if filled:
+                    blocks.append(block)
+                block = np.empty((max(1, _BLOCK_VALUES // width), width))
+                filled = 0
+            block[filled] = values
+            filled += 1
+            lines.append(line_no)
+    except csv.Error as exc:
+        raise UserError(f"{name}: line {reader.line_num}: not a valid CSV row ({exc})") from None
+    if not lines:
+        raise UserError(f"{name}: no rows of {what} (the file is empty or has only a header)")
+    blocks.append(block[:filled])
+    data = np.empty((len(lines), width))
+    # Copied block by block, each freed at once: the result's pages are touched only as they
+    # are filled, so the peak stays near one copy of the numbers.
+    blocks.reverse()
+    start = 0
+    while blocks:
+        b = blocks.pop()
+        data[start : start + len(b)] = b
+        start += len(b)
+    return data, lines
+
+
+def _read_csv(source: str | Path, what: str) -> tuple[str, np.ndarray, array[int]]:
+    """Parse a numeric CSV; returns (display name, float64 [rows, cols], file line of each row)."""
+    name = source_name(source)
+    try:
+        if str(source) == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:  # a text-only stand-in for stdin (no bytes underneath)
+                stdin = io.BytesIO(sys.stdin.read().encode("utf-8"))
+            return name, *_parse_csv(stdin, name, what)
+        with open(source, "rb") as f:
+            return name, *_parse_csv(f, name, what)
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{name}: is a directory, expected a CSV file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{name}: not a text CSV file (it is not UTF-8)") from None
     except OSError as exc:
-        raise UserError(f"{name}: cannot read ({exc.strerror})") from None
-
-    rows: list[list[float]] = []
-    lines: list[int] = []
-    width = None
-    for line_no, raw in enumerate(csv.reader(io.StringIO(text)), start=1):
-        fields = [f.strip() for f in raw]
-        if not any(fields):
-            continue  # blank line
-        if width is None and not any(_is_number(f) for f in fields):
-            width = len(fields)  # header row
-            continue
-        if width is None:
-            width = len(fields)
-        if len(fields) != width:
-            raise UserError(
-                f"{name}: row {line_no} has {len(fields)} columns, expected {width} "
-                "(every row must have the same number of columns)"
-            )
-        values = []
-        for col, field in enumerate(fields, start=1):
-            try:
-                values.append(float(field))
-            except ValueError:
-                shown = repr(field) if field else "an empty field"
-                raise UserError(
-                    f"{name}: row {line_no}, column {col}: {shown} is not a number"
-                ) from None
-        rows.append(values)
-        lines.append(line_no)
-    if not rows:
-        raise UserError(f"{name}: no rows of {what} (the file is empty or has only a header)")
-    return name, np.asarray(rows, dtype=np.float64), lines
+        raise UserError(f"{name}: cannot read ({exc.strerror or exc})") from None
 
 
 def read_matrix_csv(source: str | Path, *, what: str = "values") -> np.ndarray:
@@ -104,38 +213,209 @@ def read_gains_csv(source: str | Path) -> np.ndarray:
     return data
 
 
+class TargetExists(UserError):
+    """``atomic_path(target, replace=False)`` found ``target`` already there (perhaps written
+    meanwhile by another run); it was left as it was."""
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it is renamed over ``target``, on
-    any error it is removed and ``target`` is left as it was."""
-    target = Path(target)
-    if target.parent and not target.parent.exists():
-        raise UserError(f"{target}: the folder {target.parent} does not exist")
-    if target.is_dir():
-        raise UserError(f"{target}: is a directory, expected a file name to write")
+def _write_errors(shown: Path) -> Iterator[None]:
+    """A failed write (full disk, quota, I/O error, read-only file system) as one line."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        yield
     except OSError as exc:
-        raise UserError(f"{target}: cannot write there ({exc.strerror})") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file 0600; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_path.chmod(0o666 & ~umask)
+        raise UserError(f"{shown}: cannot write ({exc.strerror or exc})") from None
+
+
+_FD_PATH = re.compile(r"/proc/(self|thread-self|\d+)/fd/(\d+)|/dev/fd/(\d+)")
+_STD_PATHS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _open_file_alias(path: Path) -> tuple[bool, int | None]:
+    """Whether ``path`` (or a link it leads through) is a name under /proc or /dev/fd, such as
+    /dev/stdout: the name of an already open file, and which of this process's file descriptors
+    it is (None when another process's)."""
+    p = os.path.abspath(path)
+    for _ in range(40):  # the kernel gives up on longer chains of links too (ELOOP)
+        if p in _STD_PATHS:
+            return True, _STD_PATHS[p]
+        m = _FD_PATH.fullmatch(p)
+        if m:
+            pid, fd = m.group(1), m.group(2) or m.group(3)
+            own = pid in (None, "self", "thread-self") or int(pid) == os.getpid()
+            return True, int(fd) if own else None
+        if p.startswith(("/proc/", "/dev/fd/")):
+            return True, None
+        if not os.path.islink(p):
+            return False, None
+        p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(p)))
+    return False, None
+
+
+def _copy_to_fd(src: BinaryIO, fd: int) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()  # what Python buffered for fd 1 comes first
+    with open(os.dup(fd), "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+
+
+def _temp_name_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(name)}\.(\d{{1,10}})\.[0-9a-f]{{8}}\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        yield tmp_path
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # EPERM: another user's process, alive
+        return True
+    return True
+
+
+def _remove_stale_temps(real: Path) -> None:
+    """Remove the temporary files an earlier, killed run left for this same target: only names
+    of exactly the form ``_make_temp`` gives, whose process is gone."""
+    pattern = _temp_name_pattern(real.name)
+    with contextlib.suppress(OSError), os.scandir(real.parent) as entries:
+        for entry in entries:
+            m = pattern.fullmatch(entry.name)
+            if m and not _alive(int(m.group(1))) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _make_temp(real: Path, mode: int) -> Path:
+    # The pid in the name tells a later run whether the writer is still alive (see above).
+    for _ in range(100):
+        tmp = real.parent / f".{real.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
-            os.replace(tmp_path, target)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(real.parent))
+
+
+def _fsync(path: Path) -> None:
+    # Before the rename: a crash must not leave an empty file where the old one was, and some
+    # file systems (NFS, quotas) report a full disk only here.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_new(tmp: Path, real: Path, shown: Path) -> None:
+    """Give ``tmp`` the name ``real`` only if nothing has that name yet (no check-then-rename
+    race with a second run)."""
+    try:
+        os.link(tmp, real)
+    except FileExistsError:
+        raise TargetExists(f"{shown} exists") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # A file system without hard links (FAT, some network mounts): check, then rename.
+        # Racy, but the best such a file system allows.
+        if os.path.lexists(real):
+            raise TargetExists(f"{shown} exists") from None
+        os.replace(tmp, real)
+        return
+    tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a path to write ``target``'s new contents to.
+
+    For a regular file (or a new name) that is a temporary file beside it, renamed over
+    ``target`` on success and removed on any error, ``target`` left as it was; a replaced file
+    keeps its permission bits. A symbolic link is kept: the file it points to is the one
+    replaced. Something that is not a regular file (``/dev/null``, a FIFO, a terminal) is
+    yielded itself, to be written in place. For ``/dev/stdout``, ``/dev/fd/N`` and the like the
+    path is a spool whose contents go to that open file once complete. With ``replace=False``
+    an existing ``target`` is never replaced, even one that appears while writing:
+    :class:`TargetExists` is raised instead. Any OSError while writing becomes one UserError
+    line ``target: cannot write (reason)``.
+    """
+    shown = Path(target)
+    alias, fd = _open_file_alias(shown)
+    if alias and not replace and os.path.exists(shown):
+        raise TargetExists(f"{shown} exists")
+    if fd is not None:
+        # /dev/stdout and the like: reopening it by name would truncate the file the shell
+        # opened (losing what `>>` appends to); the same open file is written instead, from a
+        # spool in the temporary folder, once the output is complete.
+        spool = Path(tempfile.gettempdir()) / "aigxctl-spool"
+        _remove_stale_temps(spool)
+        try:
+            tmp = _make_temp(spool, 0o600)
         except OSError as exc:
-            raise UserError(f"{target}: cannot write there ({exc.strerror})") from None
+            raise UserError(f"{shown}: cannot spool the output ({exc.strerror})") from None
+        try:
+            with _write_errors(shown):
+                yield tmp
+                with tmp.open("rb") as src:
+                    _copy_to_fd(src, fd)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        return
+    if not shown.parent.is_dir():
+        raise UserError(f"{shown}: the folder {shown.parent} does not exist")
+    try:
+        st: os.stat_result | None = os.stat(shown)  # follows links
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot write there ({exc.strerror})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{shown}: is a directory, expected a file name to write")
+    if st is not None and not replace:
+        raise TargetExists(f"{shown} exists")
+    if (st is not None and not stat.S_ISREG(st.st_mode)) or alias:
+        # A device, FIFO or socket has no contents to keep and cannot be renamed over (the
+        # rename would put a regular file where /dev/null was); nor can another process's
+        # open file.
+        with _write_errors(shown):
+            yield shown
+        return
+    real = Path(os.path.realpath(shown))
+    if not real.parent.is_dir():
+        raise UserError(f"{shown}: links to {real}, in a folder that does not exist")
+    _remove_stale_temps(real)
+    try:
+        # Private while being written when it replaces a file (which may be a secret 0600 one);
+        # a new file gets what a plain open() gives: 0666 less the umask.
+        tmp = _make_temp(real, 0o600 if st is not None else 0o666)
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot write there ({exc.strerror})") from None
+    try:
+        with _write_errors(shown):
+            yield tmp
+            if st is not None:
+                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                    with contextlib.suppress(OSError):  # allowed to root only, mostly
+                        os.chown(tmp, st.st_uid, st.st_gid)
+                os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            _fsync(tmp)
+            if replace:
+                os.replace(tmp, real)
+            else:
+                _link_new(tmp, real, shown)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise
 
 
-def atomic_write_text(target: str | Path, text: str) -> None:
-    """Write ``text`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
+def atomic_write_text(target: str | Path, text: str, *, replace: bool = True) -> None:
+    """Write ``text`` to ``target`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(target, replace=replace) as tmp:
         tmp.write_text(text, encoding="utf-8")

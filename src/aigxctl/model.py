@@ -26,6 +26,9 @@ from aigxctl.errors import UserError
 __all__ = ["BACKENDS", "GDM", "Denoiser", "MLPAllocator", "Regressor", "SinusoidalPosEmb"]
 
 BACKENDS = ("auto", "fused", "torch")
+# Candidates per row for best_of: each one is a full sampling pass over the batch (and as much
+# memory), and past a few dozen the best of them hardly improves.
+MAX_BEST_OF = 1024
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -202,11 +205,11 @@ class GDM:
         A torch tensor in gives a tensor out (same device), NumPy gives NumPy.
         """
         mode = mode or self.mode
-        k = best_of or self.best_of
+        k = self.best_of if best_of is None else best_of
         if mode not in ("ddim", "ancestral"):
             raise UserError(f"mode must be ddim or ancestral, got {mode!r}")
-        if k < 1:
-            raise UserError(f"best_of must be >= 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_BEST_OF:
+            raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         g, single = _as_gains(gains, self.m)
         b = g.shape[0]
         budget = self.total_power if total_power is None else total_power

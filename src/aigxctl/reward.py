@@ -10,6 +10,7 @@ denoising steps, climbs min(Q1, Q2). The water-filling optimum is used only to r
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -22,10 +23,11 @@ import torch
 from torch import nn
 
 from aigxctl import core, scenarios
-from aigxctl.checkpoint import load_model, save_model
+from aigxctl.checkpoint import MAX_DENOISE_STEPS, MAX_HIDDEN, claim, load_model, save_model
 from aigxctl.diffusion import Schedule, reverse_process, to_allocation
 from aigxctl.errors import UserError
 from aigxctl.model import GDM, Denoiser
+from aigxctl.train import MAX_BATCH, MAX_STEPS
 
 __all__ = ["RewardConfig", "train_reward"]
 
@@ -53,15 +55,24 @@ class RewardConfig:
     # meaningless gradients, so fine-tuning lets them catch up first. None: min(200, steps / 5)
     # with ``init``, 0 without.
     critic_warmup: int | None = None
+    force: bool = False  # replace a previous checkpoint at `out`
 
     def check(self) -> None:
-        for name in ("steps", "batch", "hidden", "denoise_steps", "val_every", "val_samples"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        for name, high in (("steps", MAX_STEPS), ("batch", MAX_BATCH), ("hidden", MAX_HIDDEN),
+                           ("denoise_steps", MAX_DENOISE_STEPS), ("val_every", MAX_STEPS),
+                           ("val_samples", MAX_BATCH)):  # fmt: skip
+            if not 1 <= getattr(self, name) <= high:
+                raise UserError(f"--{name.replace('_', '-')} must be in [1, {high:,}], got "
+                                f"{getattr(self, name)}")  # fmt: skip
         if self.critic_warmup is not None and not 0 <= self.critic_warmup < self.steps:
             raise UserError(
                 f"critic_warmup must be in [0, steps = {self.steps}), got {self.critic_warmup}"
             )
+        for name, value in (("--lr", self.lr), ("critic_lr", self.critic_lr)):
+            if not (value > 0 and math.isfinite(value)):
+                raise UserError(f"{name} must be a finite number > 0, got {value}")
+        if not (self.exploration >= 0 and math.isfinite(self.exploration)):
+            raise UserError(f"exploration must be a finite number >= 0, got {self.exploration}")
 
     @property
     def warmup_steps(self) -> int:
@@ -69,8 +80,6 @@ class RewardConfig:
         if self.critic_warmup is not None:
             return self.critic_warmup
         return min(200, self.steps // 5) if self.init else 0
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
 
 
 class Critic(nn.Module):
@@ -99,6 +108,7 @@ def train_reward(
 ) -> dict[str, Any]:
     """Train a GDM policy from rewards only and write its checkpoint; returns final metrics."""
     cfg.check()
+    claim(cfg.out, force=cfg.force)
     torch.manual_seed(cfg.seed)
     scen = scenarios.get(cfg.scenario)
     rng = np.random.default_rng(cfg.seed)
@@ -172,13 +182,10 @@ def train_reward(
             "seed": cfg.seed,
             "init": cfg.init,
             "metrics": last,
+            "progress": {"steps_done": cfg.steps, "steps_planned": cfg.steps, "complete": True},
         },
+        metrics=[json.dumps(x) for x in lines],
     )
-    import json
-
-    from aigxctl.files import atomic_write_text
-
-    atomic_write_text(Path(cfg.out) / "metrics.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
     return {**last, "seconds": time.perf_counter() - t0, "samples": cfg.steps * cfg.batch}
 
 

@@ -37,7 +37,10 @@ Scenario files are TOML (``aigxctl scenarios show t1 --toml`` prints one to star
 
 Every mistake is a UserError naming the file and the key, e.g.
 ``rain.toml: groups[1].model: unknown model 'foo' (choose uniform, rayleigh, rician, nakagami)``
-(groups are numbered from 0, as the ``[[groups]]`` tables appear).
+(groups are numbered from 0, as the ``[[groups]]`` tables appear). Values are bounded, and
+the message says the range: M <= MAX_CHANNELS, the gain scales, P and sigma^2 in SCALE_RANGE,
+attenuation_db in ATTENUATION_DB_RANGE, shadowing_db in SHADOWING_DB_RANGE, k_factor and m in
+K_FACTOR_RANGE and NAKAGAMI_M_RANGE; files over MAX_TOML_BYTES are not read.
 
 Reproducible draws: :func:`draw_chunks` splits the N rows into blocks of ``CHUNK_ROWS`` and gives
 every (block, group) its own generator, spawned from ``SeedSequence(seed)``. So the rows depend
@@ -64,15 +67,20 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "CHUNK_BYTES",
     "CHUNK_ROWS",
+    "MAX_CHANNELS",
+    "MAX_DRAW_BYTES",
     "MODELS",
     "Group",
     "Scenario",
     "builtin",
+    "check_draw_size",
     "draw",
     "draw_chunks",
     "estimate",
     "get",
+    "read_toml",
 ]
 
 # The parameters each model takes (all required).
@@ -87,6 +95,42 @@ TOP_KEYS = ("name", "description", "channels", "total_power", "noise", "groups")
 # Rows per generator block. Part of the definition of a seed's draws: changing it changes every
 # dataset, so it is a constant, not an option.
 CHUNK_ROWS = 1 << 16
+# Most bytes of gains one drawn part or yielded chunk holds. A block of CHUNK_ROWS rows is drawn
+# in parts of at most this size (each stream goes on where the last part stopped, so the rows
+# are the same), which keeps a chunk bounded whatever M is: at M = MAX_CHANNELS a whole block
+# would be 32 GiB.
+CHUNK_BYTES = 1 << 26
+# The most channels M a scenario (or a dataset) may have.
+MAX_CHANNELS = 1 << 16
+# The most bytes of float64 gains drawn into one in-memory array (scenarios show, evaluate,
+# bench); streamed collection has no such limit. Callers hold a few arrays of this size.
+MAX_DRAW_BYTES = 1 << 31
+# Scenario and cycle files are a few hundred bytes; this bounds what is read before parsing.
+MAX_TOML_BYTES = 1 << 20
+# Scenario and cycle files nest three tables deep at most.
+MAX_TOML_DEPTH = 16
+# Gain scales (mean, low, high), P and sigma^2: 600 dB wide, so any unit system fits, and far
+# enough inside float64's range (1e-308 .. 1e308) that no product of them, the attenuation and
+# the shadowing under- or overflows.
+SCALE_RANGE = (1e-30, 1e30)
+# Fixed attenuation in dB: -100 (a 100 dB antenna/amplifier gain) to 300 (beyond deep-space
+# path loss).
+ATTENUATION_DB_RANGE = (-100.0, 300.0)
+# Log-normal shadowing sigma in dB; measured values are 2..12 dB.
+SHADOWING_DB_RANGE = (0.0, 30.0)
+# Rician K (60 dB: a pure line of sight) and Nakagami m (1e6: practically no fading).
+K_FACTOR_RANGE = (0.0, 1e6)
+NAKAGAMI_M_RANGE = (0.5, 1e6)
+# The allowed range of each group parameter (low may be 0: U[0, high] is a valid law).
+PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "low": (0.0, SCALE_RANGE[1]),
+    "high": SCALE_RANGE,
+    "mean": SCALE_RANGE,
+    "k_factor": K_FACTOR_RANGE,
+    "m": NAKAGAMI_M_RANGE,
+    "attenuation_db": ATTENUATION_DB_RANGE,
+    "shadowing_db": SHADOWING_DB_RANGE,
+}
 
 
 @dataclass(frozen=True)
@@ -169,13 +213,18 @@ class Scenario:
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Gain vectors ``[n, M]``, float64, >= 0, all drawn from ``rng``. (Datasets use
         :func:`draw_chunks`, whose rows depend on the seed alone.)"""
+        check_draw_size(n, self.m)
         return np.concatenate([g.sample(n, rng) for g in self.groups], axis=1)
 
     def with_power(self, total_power: float) -> Scenario:
         """The same scenario with another power budget P."""
         total_power = float(total_power)
-        if not np.isfinite(total_power) or total_power <= 0:
-            raise UserError(f"total power must be a finite number > 0, got {total_power!r}")
+        lo, hi = SCALE_RANGE
+        if not lo <= total_power <= hi:
+            raise UserError(
+                f"total power must be a finite number > 0, in [{lo:g}, {hi:g}] W, "
+                f"got {total_power!r}"
+            )
         return replace(self, total_power=total_power)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,15 +267,15 @@ class Scenario:
             raise err("groups", "must be a non-empty array of [[groups]] tables")
         groups = tuple(_group(g, f"groups[{i}]", err) for i, g in enumerate(raw_groups))
         m = sum(g.channels for g in groups)
+        if m > MAX_CHANNELS:
+            raise err("groups", f"add up to {m:,} channels, more than the {MAX_CHANNELS:,} allowed")
         if "channels" in data:
             declared = _number(data["channels"], "channels", err)
             if declared != m:
                 raise err("channels", f"is {declared:g} but the groups add up to {m} channels")
         values = {}
         for key, default in (("total_power", 0.2), ("noise", 1.0)):
-            values[key] = _number(data.get(key, default), key, err)
-            if not values[key] > 0:
-                raise err(key, f"must be > 0, got {values[key]:g}")
+            values[key] = _in_range(data.get(key, default), key, SCALE_RANGE, err, positive=True)
         name = data.get("name", Path(source).stem)
         if not isinstance(name, str) or not name.strip():
             raise err("name", f"must be a non-empty string, got {name!r}")
@@ -244,12 +293,37 @@ def _toml_value(v: Any) -> str:
     return repr(v)  # int, or a finite float (validated): repr is valid TOML
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut short: a message quotes the value, not a 1 MiB array."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _number(value: Any, key: str, err: Callable[[str, str], UserError]) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise err(key, f"must be a number, got {value!r}")
-    value = float(value)
+        raise err(key, f"must be a number, got {_short(value)}")
+    try:
+        value = float(value)
+    except OverflowError:  # a TOML integer past float64's range
+        raise err(key, f"must be finite, got {_short(value)}") from None
     if not np.isfinite(value):
         raise err(key, f"must be finite, got {value!r}")
+    return value
+
+
+def _in_range(
+    value: Any,
+    key: str,
+    bounds: tuple[float, float],
+    err: Callable[[str, str], UserError],
+    positive: bool = False,
+) -> float:
+    """A finite number in ``bounds`` (inclusive); ``positive`` words a value <= 0 as such."""
+    value = _number(value, key, err)
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        low = "> 0" if positive and value <= 0 else f">= {lo:g}"
+        raise err(key, f"must be {low} and <= {hi:g}, got {value:g}")
     return value
 
 
@@ -269,24 +343,27 @@ def _group(raw: Any, where: str, err: Callable[[str, str], UserError]) -> Group:
     if "channels" not in raw:
         raise err(f"{where}.channels", "missing (how many channels this group draws)")
     channels = raw["channels"]
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise err(f"{where}.channels", f"must be an integer >= 1, got {channels!r}")
+    if (
+        isinstance(channels, bool)
+        or not isinstance(channels, int)
+        or not 1 <= channels <= MAX_CHANNELS
+    ):
+        raise err(
+            f"{where}.channels",
+            f"must be an integer >= 1 and <= {MAX_CHANNELS}, got {_short(channels)}",
+        )
     params = {}
     for key in MODELS[model]:
         if key not in raw:
             raise err(f"{where}.{key}", f"missing ({model} needs {', '.join(MODELS[model])})")
-        params[key] = _number(raw[key], f"{where}.{key}", err)
-    bounds = {"low": 0.0, "k_factor": 0.0, "m": 0.5}  # inclusive lower bounds; others > 0
-    for key, value in params.items():
-        if key in bounds and value < bounds[key]:
-            raise err(f"{where}.{key}", f"must be >= {bounds[key]:g}, got {value:g}")
-        if key not in bounds and value <= 0:
-            raise err(f"{where}.{key}", f"must be > 0, got {value:g}")
+        params[key] = _in_range(
+            raw[key], f"{where}.{key}", PARAM_RANGES[key], err, positive=key in ("mean", "high")
+        )
     if model == "uniform" and params["high"] <= params["low"]:
         raise err(f"{where}.high", f"must be > low ({params['low']:g}), got {params['high']:g}")
-    extra = {k: _number(raw[k], f"{where}.{k}", err) for k in OPTIONAL if k in raw}
-    if extra.get("shadowing_db", 0.0) < 0:
-        raise err(f"{where}.shadowing_db", f"must be >= 0, got {extra['shadowing_db']:g}")
+    extra = {
+        k: _in_range(raw[k], f"{where}.{k}", PARAM_RANGES[k], err) for k in OPTIONAL if k in raw
+    }
     return Group(channels=channels, model=model, params=params, **extra)
 
 
@@ -320,19 +397,62 @@ def get(name_or_path: str | Path) -> Scenario:
         raise UserError(
             f"unknown scenario {key!r}: use a built-in ({', '.join(table)}) or a .toml file"
         )
+    return Scenario.from_dict(read_toml(path, "scenario"), source=key)
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """Parse a small TOML file (a ``what``: "scenario", "cycle config"). Every problem reading
+    it is a one-line UserError naming the file: missing, a directory, over MAX_TOML_BYTES, not
+    UTF-8, not TOML, or nested deeper than MAX_TOML_DEPTH."""
+    name = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # One byte past the limit tells "too big" without reading a huge (or endless) file.
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
-        raise UserError(f"{key}: no such scenario file") from None
+        raise UserError(f"{name}: no such {what} file") from None
     except IsADirectoryError:
-        raise UserError(f"{key}: is a directory, expected a scenario .toml file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{key}: not a text TOML file (it is not UTF-8)") from None
+        raise UserError(f"{name}: is a directory, expected a {what} .toml file") from None
     except OSError as exc:
-        raise UserError(f"{key}: cannot read ({exc.strerror})") from None
+        raise UserError(f"{name}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise UserError(
+            f"{name}: too big for a {what} file (more than {MAX_TOML_BYTES // 1024} KiB)"
+        )
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{name}: not a text TOML file (it is not UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{key}: not valid TOML ({exc})") from None
-    return Scenario.from_dict(data, source=key)
+        raise UserError(f"{name}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise UserError(f"{name}: not a {what} file (arrays or tables nested too deep)") from None
+    # Nesting the parser survived can still break what reads the values; no file of ours
+    # nests more than three deep. Walked with a stack, not recursion.
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_TOML_DEPTH:
+            raise UserError(
+                f"{name}: not a {what} file (arrays or tables nested more than "
+                f"{MAX_TOML_DEPTH} deep)"
+            )
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children)
+    return data
+
+
+def check_draw_size(samples: int, m: int, option: str = "samples") -> None:
+    """Refuse an in-memory draw of ``samples`` x ``m`` float64 gains over MAX_DRAW_BYTES;
+    ``option`` names the count in the message (e.g. "--samples")."""
+    most = MAX_DRAW_BYTES // (8 * max(m, 1))
+    if samples > most:
+        raise UserError(
+            f"{option} must be <= {most:,} for M = {m} channels (the gains are held in memory, "
+            f"at most {MAX_DRAW_BYTES >> 30} GiB of them), got {samples:,}"
+        )
 
 
 def _check_seed(seed: int) -> int:
@@ -341,22 +461,34 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _block(scenario: Scenario, seed: int, index: int, rows: int) -> np.ndarray:
-    """Rows of block ``index``: group j draws from the streams (index, j, 0), shadowing from
-    (index, j, 1), all children of ``SeedSequence(seed)``."""
+def _part_rows(m: int) -> int:
+    """Rows of M float64 gains drawn at a time: CHUNK_ROWS, or fewer to stay in CHUNK_BYTES."""
+    return max(1, min(CHUNK_ROWS, CHUNK_BYTES // (8 * m)))
+
+
+def _block(scenario: Scenario, seed: int, index: int, rows: int) -> Iterator[np.ndarray]:
+    """Rows of block ``index`` in parts of :func:`_part_rows`: group j draws from the streams
+    (index, j, 0), shadowing from (index, j, 1), all children of ``SeedSequence(seed)``. Each
+    stream is consumed row by row (:meth:`Group.sample`), so the parts join into the rows one
+    draw of the whole block gives."""
 
     def rng(*key: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
-    if len(scenario.groups) == 1:
-        g = scenario.groups[0]
-        return g.sample(rows, rng(index, 0, 0), rng(index, 0, 1))
-    out = np.empty((rows, scenario.m))
-    col = 0
-    for j, g in enumerate(scenario.groups):
-        out[:, col : col + g.channels] = g.sample(rows, rng(index, j, 0), rng(index, j, 1))
-        col += g.channels
-    return out
+    streams = [(g, rng(index, j, 0), rng(index, j, 1)) for j, g in enumerate(scenario.groups)]
+    step = _part_rows(scenario.m)
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        if len(streams) == 1:
+            g, main, shadow = streams[0]
+            yield g.sample(n, main, shadow)
+            continue
+        out = np.empty((n, scenario.m))
+        col = 0
+        for g, main, shadow in streams:
+            out[:, col : col + g.channels] = g.sample(n, main, shadow)
+            col += g.channels
+        yield out
 
 
 def draw_chunks(
@@ -365,19 +497,26 @@ def draw_chunks(
     """Gain vectors ``[<= chunk, M]`` (float64), ``samples`` rows in all, in order.
 
     The rows depend on ``seed`` alone (see the module docstring): the same whatever ``chunk``
-    is, and the first k rows of a longer draw are the draw of k rows. Memory stays bounded by
-    about ``chunk + CHUNK_ROWS`` rows.
+    is, and the first k rows of a longer draw are the draw of k rows. A chunk holds at most
+    CHUNK_BYTES of gains (fewer than ``chunk`` rows when M is large), and memory stays bounded
+    by about two chunks.
     """
     seed = _check_seed(seed)
     if samples < 0:
         raise UserError(f"samples must be >= 0, got {samples}")
     if chunk < 1:
         raise UserError(f"chunk must be >= 1, got {chunk}")
+    chunk = min(chunk, max(1, CHUNK_BYTES // (8 * scenario.m)))
+    parts = (
+        part
+        for index, start in enumerate(range(0, samples, CHUNK_ROWS))
+        for part in _block(scenario, seed, index, min(CHUNK_ROWS, samples - start))
+    )
     pending: list[np.ndarray] = []
     have = 0
-    for index, start in enumerate(range(0, samples, CHUNK_ROWS)):
-        pending.append(_block(scenario, seed, index, min(CHUNK_ROWS, samples - start)))
-        have += len(pending[-1])
+    for part in parts:
+        pending.append(part)
+        have += len(part)
         while have >= chunk:
             rows = pending[0] if len(pending) == 1 else np.concatenate(pending)
             yield rows[:chunk]
@@ -391,6 +530,7 @@ def draw(scenario: Scenario, samples: int, seed: int) -> np.ndarray:
     """All ``samples`` rows of :func:`draw_chunks` in one array ``[samples, M]``."""
     if samples < 0:
         raise UserError(f"samples must be >= 0, got {samples}")
+    check_draw_size(samples, scenario.m)
     out = np.empty((samples, scenario.m))
     done = 0
     for rows in draw_chunks(scenario, samples, seed):

@@ -8,10 +8,15 @@ alone validates, logs and writes. Ctrl-C saves a resumable checkpoint before exi
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import math
 import os
+import shutil
+import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,14 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from aigxctl import core, data
-from aigxctl.checkpoint import load_model, save_model
+from aigxctl import checkpoint, core, data, outputs, signals
+from aigxctl.checkpoint import MAX_DENOISE_STEPS, MAX_HIDDEN, load_model, save_model
 from aigxctl.diffusion import PREDICTIONS, SCHEDULES, Schedule, loss, rate_regret
 from aigxctl.errors import UserError
-from aigxctl.files import atomic_write_text
 from aigxctl.model import GDM, Denoiser, MLPAllocator, Regressor
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "TrainingInterrupted", "train"]
+
+# Upper bounds on the sizes a run may ask for, so a typo fails at once instead of exhausting
+# memory (a batch) or running for ever (steps).
+MAX_STEPS = 100_000_000
+MAX_BATCH = 1 << 20
+MAX_NPROC = 256
 
 
 @dataclass
@@ -54,6 +64,7 @@ class TrainConfig:
     rate_weight: float = 0.01
     init: str | None = None
     resume: bool = False
+    force: bool = False  # replace a previous checkpoint at `out`
     device: str = "auto"
     nproc: int = 1
     val_every: int = 250
@@ -64,11 +75,15 @@ class TrainConfig:
     def check(self) -> None:
         if not self.data:
             raise UserError("--data: give at least one dataset (.npz from 'aigxctl collect')")
-        for name, value, low in (("--steps", self.steps, 1), ("--batch", self.batch, 1),
-                                 ("--nproc", self.nproc, 1), ("--hidden", self.hidden, 2),
-                                 ("--denoise-steps", self.denoise_steps, 1)):  # fmt: skip
-            if value < low:
-                raise UserError(f"{name} must be >= {low}, got {value}")
+        for name, value, low, high in (
+            ("--steps", self.steps, 1, MAX_STEPS), ("--batch", self.batch, 1, MAX_BATCH),
+            ("--nproc", self.nproc, 1, MAX_NPROC), ("--hidden", self.hidden, 2, MAX_HIDDEN),
+            ("--denoise-steps", self.denoise_steps, 1, MAX_DENOISE_STEPS),
+            ("--val-every", self.val_every, 1, MAX_STEPS),
+            ("val_samples", self.val_samples, 1, MAX_BATCH),
+        ):  # fmt: skip
+            if not low <= value <= high:
+                raise UserError(f"{name} must be in [{low}, {high:,}], got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
         if not (self.rate_weight >= 0 and math.isfinite(self.rate_weight)):
@@ -85,6 +100,10 @@ class TrainConfig:
             raise UserError("--device cuda: no CUDA GPU is available to PyTorch")
         if self.resume and self.init:
             raise UserError("--resume and --init exclude each other")
+        if self.resume and self.force:
+            raise UserError("--resume continues the checkpoint that --force would replace")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 Progress = Callable[[int, dict[str, float]], None]
@@ -92,18 +111,31 @@ Progress = Callable[[int, dict[str, float]], None]
 
 def _device(cfg: TrainConfig, rank: int) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", rank % torch.cuda.device_count())
+        # One GPU per process of this machine: torchrun says which in LOCAL_RANK.
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return torch.device("cuda", local % torch.cuda.device_count())
     return torch.device("cpu")
 
 
-def _load_data(paths: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Gains [N, M] and allocation fractions x = p / P [N, M] of all datasets, and provenance."""
+@dataclass
+class Data:
+    """The training data of a run: gains [N, M], allocation fractions x = p / P [N, M], and
+    provenance (P, sigma^2, each dataset's path, size, scenario, seed and gains digest)."""
+
+    gains: np.ndarray
+    x0: np.ndarray
+    prov: dict[str, Any]
+
+
+def _load_data(paths: list[str]) -> Data:
     sets = [data.load(p) for p in paths]
     m = sets[0].m
     for d in sets[1:]:
         if d.m != m:
             raise UserError(f"{d.path}: has M = {d.m} channels but {sets[0].path} has M = {m}")
     gains = np.concatenate([d.gains for d in sets])
+    if not (gains > 0).any():
+        raise UserError(f"{', '.join(paths)}: every gain is zero, so there is nothing to learn")
     x0 = np.concatenate([d.power / d.total_power for d in sets])
     prov = {
         "total_power": sets[0].total_power,
@@ -112,13 +144,50 @@ def _load_data(paths: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]
             {
                 "path": str(d.path),
                 "samples": d.n,
-                "scenario": d.meta.get("scenario", {}).get("name"),
+                "scenario": d.scenario_name,
                 "seed": d.meta.get("seed"),
+                # What --resume checks: the same data, wherever the file now is.
+                "gains_sha256": hashlib.sha256(np.ascontiguousarray(d.gains)).hexdigest(),
             }
             for d in sets
         ],
     }
-    return gains, x0, prov
+    return Data(gains, x0, prov)
+
+
+# The settings that make a run what it is: --resume refuses to continue with others.
+RUN_DEFINING = ("arch", "steps", "batch", "lr", "weight_decay", "seed", "hidden",
+                "denoise_steps", "schedule", "pred", "rate_weight", "val_samples")  # fmt: skip
+
+
+def _check_resume(cfg: TrainConfig, out: Path, run_data: Data) -> tuple[int, dict]:
+    """The step and tensors an interrupted run left in ``out``, after checking that this call
+    continues that same run (same data and settings)."""
+    if not (out / checkpoint.RESUME_INFO).exists():
+        raise UserError(f"--resume: {cfg.out} holds no interrupted run to continue")
+    saved = checkpoint.read_config(out)
+    info, state = checkpoint.read_resume(out)
+    before = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    now = asdict(cfg)
+    for key in RUN_DEFINING:
+        if key in before and before[key] != now[key]:
+            raise UserError(
+                f"--resume continues the run in {cfg.out}, which had {key} = {before[key]!r}, "
+                f"not {now[key]!r}; drop the option, or start a new run with --force"
+            )
+    digests = [d.get("gains_sha256") for d in saved.get("data", []) if isinstance(d, dict)]
+    if digests != [d["gains_sha256"] for d in run_data.prov["data"]]:
+        raise UserError(
+            f"--resume continues the run in {cfg.out}, which trained on other data; pass the "
+            "same --data, or start a new run with --force"
+        )
+    step = int(info["step"])
+    if not 0 < step < cfg.steps:
+        raise UserError(
+            f"{out / checkpoint.RESUME_INFO}: step {step} is not within the run's {cfg.steps} "
+            "steps (damaged); start over with --force"
+        )
+    return step, state
 
 
 def _new_model(cfg: TrainConfig, m: int, mean: np.ndarray, std: np.ndarray, prov: dict) -> Any:
@@ -166,57 +235,137 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class TrainingInterrupted(signals.Interrupted):
+    """Training stopped on a signal (or Ctrl-C) at a step boundary. ``checkpoint`` is the
+    directory that now holds a resumable checkpoint at ``step`` of ``steps``, or None when
+    nothing was written (stopped before the first step)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None, step: int, steps: int) -> None:
+        super().__init__(signum)
+        self.checkpoint, self.step, self.steps = checkpoint, step, steps
+
+
 def train(cfg: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Train and write the checkpoint to ``cfg.out``; returns the final metrics."""
+    """Train and write the checkpoint to ``cfg.out``; returns the final metrics.
+
+    SIGINT, SIGTERM and SIGHUP stop the run at the end of the step in progress and save a
+    resumable checkpoint as of that step, then raise :class:`TrainingInterrupted`.
+    """
     cfg.check()
+    out = checkpoint.claim(cfg.out, force=cfg.force, resume=cfg.resume)
+    run_data = _load_data(cfg.data)
+    resume = _check_resume(cfg, out, run_data) if cfg.resume else None
     if cfg.nproc > 1 and "RANK" not in os.environ:
-        import torch.multiprocessing as mp
+        result = _spawn(cfg, out, run_data)
+    elif "RANK" in os.environ:  # launched by torchrun
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        result = _run(cfg, out, run_data, resume, rank, world, None, progress)
+    else:
+        result = _run(cfg, out, run_data, resume, 0, 1, None, progress)
+    stopped = result.pop("interrupted", None)
+    if stopped is not None:
+        saved = Path(cfg.out) if stopped["saved"] else None
+        raise TrainingInterrupted(stopped["signum"], saved, stopped["step"], cfg.steps)
+    return result
 
-        port = _free_port()
-        ctx = mp.get_context("spawn")
-        result = ctx.Manager().dict()
-        mp.start_processes(
-            _worker, args=(cfg, port, result), nprocs=cfg.nproc, join=True, start_method="spawn"
-        )
-        return dict(result)
-    if "RANK" in os.environ:  # launched by torchrun
-        return _run(cfg, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None, progress)
-    return _run(cfg, 0, 1, None, progress)
+
+def _spawn(cfg: TrainConfig, out: Path, run_data: Data) -> dict[str, Any]:
+    """Run ``cfg.nproc`` data-parallel workers and wait for them. A signal to this process is
+    passed on to them, so they stop at the same step and rank 0 saves before this returns."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    workers: list[Any] = []
+
+    def forward(signum: int) -> None:
+        for proc in workers:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+
+    with signals.StopRequest(hard=False, forward=forward):
+        context = mp.start_processes(
+            _worker, args=(cfg, out, run_data, _free_port(), queue), nprocs=cfg.nproc,
+            join=False, start_method="spawn",
+        )  # fmt: skip
+        workers += context.processes
+        try:
+            while not context.join():
+                pass
+        except mp.ProcessException:
+            reports = _drain(queue)
+            errors = [r["error"] for r in reports.values() if "error" in r]
+            if errors:
+                raise UserError(errors[0]) from None
+            raise
+    reports = _drain(queue)
+    result = dict(reports[0])
+    for rank, rep in reports.items():
+        result[f"rank{rank}_weights_sha256"] = rep.get("weights_sha256")
+    return result
 
 
-def _worker(rank: int, cfg: TrainConfig, port: int, result: Any) -> None:
-    out = _run(cfg, rank, cfg.nproc, port, None)
-    if rank == 0:
-        result.update(out)
-    result[f"rank{rank}_weights_sha256"] = out["weights_sha256"]
+def _drain(queue: Any) -> dict[int, dict[str, Any]]:
+    reports = {}
+    while not queue.empty():
+        rank, rep = queue.get()
+        reports[rank] = rep
+    return reports
+
+
+def _worker(rank: int, cfg: TrainConfig, out: Path, run_data: Data, port: int, queue: Any) -> None:
+    # A worker's own mistakes reach the parent as one line, not as a traceback per process.
+    try:
+        resume = _check_resume(cfg, out, run_data) if cfg.resume else None
+        queue.put((rank, _run(cfg, out, run_data, resume, rank, cfg.nproc, port, None)))
+    except UserError as exc:
+        queue.put((rank, {"error": str(exc)}))
+        sys.exit(2)
 
 
 def _run(
-    cfg: TrainConfig, rank: int, world: int, port: int | None, progress: Progress | None
-) -> dict[str, Any]:
+    cfg: TrainConfig, out: Path, run_data: Data, resume: tuple[int, dict] | None, rank: int,
+    world: int, port: int | None, progress: Progress | None,
+) -> dict[str, Any]:  # fmt: skip
     import torch.distributed as dist
 
     device = _device(cfg, rank)
     distributed = world > 1
     if distributed:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         init = f"tcp://127.0.0.1:{port}" if port is not None else "env://"
         dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
-        return _loop(cfg, rank, world, device, progress)
+        with signals.StopRequest(hard=not distributed) as stop:
+            return _loop(cfg, out, run_data, resume, rank, world, device, progress, stop)
     finally:
         if distributed:
             dist.destroy_process_group()
 
 
-def _loop(
-    cfg: TrainConfig, rank: int, world: int, device: torch.device, progress: Progress | None
-) -> dict[str, Any]:
+def _stop_agreed(stop: signals.StopRequest, world: int, device: torch.device) -> bool:
+    """Whether to stop before the next step. Data-parallel ranks decide together (a rank that
+    stopped alone would leave the others waiting in their next all-reduce)."""
+    if world == 1:
+        return stop.signum is not None
     import torch.distributed as dist
 
+    flag = torch.tensor([0 if stop.signum is None else stop.signum], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and stop.signum is None:
+        stop.signum = int(flag.item())
+    return bool(flag.item())
+
+
+def _loop(
+    cfg: TrainConfig, out: Path, run_data: Data, resume: tuple[int, dict] | None, rank: int,
+    world: int, device: torch.device, progress: Progress | None, stop: signals.StopRequest,
+) -> dict[str, Any]:  # fmt: skip
     torch.manual_seed(cfg.seed)
-    gains, x0, prov = _load_data(cfg.data)
+    gains, x0, prov = run_data.gains, run_data.x0, run_data.prov
     n, m = gains.shape
     order = np.random.default_rng(cfg.seed).permutation(n)
     n_val = min(cfg.val_samples, max(1, n // 10)) if n > 1 else 0
@@ -224,18 +373,13 @@ def _loop(
     if len(train_idx) == 0:
         raise UserError("the datasets hold too few samples to train on")
 
-    out = Path(cfg.out)
     start_step = 0
     resume_state: dict[str, torch.Tensor] | None = None
-    if cfg.resume:
-        if not (out / "resume.json").exists():
-            raise UserError(f"--resume: {out} holds no interrupted run to continue")
+    init = cfg.init
+    if resume is not None:
         model = load_model(out)
-        info = json.loads((out / "resume.json").read_text())
-        start_step = int(info["step"])
-        from safetensors.torch import load_file
-
-        resume_state = load_file(str(out / "resume.safetensors"))
+        start_step, resume_state = resume
+        init = model.config.get("init")
     elif cfg.init:
         model = load_model(cfg.init)
         if model.m != m:
@@ -259,7 +403,7 @@ def _loop(
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     if resume_state is not None:
-        _restore(opt, module, resume_state, gen)
+        _restore(opt, module, resume_state, gen, out)
         if rank > 0:
             # The saved stream is rank 0's (only rank 0 writes). The other ranks must not draw
             # the same batches as rank 0, so each starts a stream of its own for the rest.
@@ -274,21 +418,23 @@ def _loop(
     val_gains = gains[val_idx]
     per_rank = max(1, cfg.batch // world)
 
+    # Rank 0 builds the new checkpoint directory beside `out` from the start (TensorBoard logs
+    # go there) and swaps it in when it saves; until then `out` is untouched.
+    staging = outputs.new_staging_dir(out) if rank == 0 else None
+    saver = _Saver(model, cfg, prov, init, opt, gen, out, staging)
     writer = None
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if cfg.tensorboard:
-            writer = _tensorboard(out)
     t0 = time.perf_counter()
     last: dict[str, Any] = {"step": start_step}
-    step = completed = start_step
+    completed = start_step
     # The run's metrics.jsonl: an interrupted run's lines carry on, a new run starts afresh.
-    lines: list[str] = []
-    if cfg.resume and metrics_path.exists():
-        lines = metrics_path.read_text(encoding="utf-8").splitlines()
+    if resume is not None and (out / checkpoint.METRICS).is_file():
+        saver.lines = (out / checkpoint.METRICS).read_text(encoding="utf-8").splitlines()
     try:
+        if rank == 0 and cfg.tensorboard:
+            writer = _tensorboard(out if resume is not None else None, saver.staging)
         for step in range(start_step, cfg.steps):
+            if _stop_agreed(stop, world, device):
+                break
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step)
             idx = torch.randint(0, len(train_idx), (per_rank,), generator=gen).to(device)
@@ -308,20 +454,20 @@ def _loop(
             value.backward()
             opt.step()
             done = completed = step + 1
-            checkpoint = done % cfg.val_every == 0 or done == cfg.steps
-            loss_now = float(value.detach()) if checkpoint else math.nan
-            if checkpoint and not math.isfinite(loss_now):
+            checkpoint_now = done % cfg.val_every == 0 or done == cfg.steps
+            loss_now = float(value.detach()) if checkpoint_now else math.nan
+            if checkpoint_now and not math.isfinite(loss_now):
                 # Every rank sees it: NaN weights are the same on all of them after the all-reduce.
                 raise UserError(
                     f"training diverged: the loss is {loss_now} at step {done}; "
                     f"nothing was saved; try a smaller --lr (this run: {cfg.lr})"
                 )
-            if rank == 0 and checkpoint:
+            if rank == 0 and checkpoint_now:
                 last = {"step": done, "loss": loss_now, "lr": _lr_at(cfg, step),
                         "seconds": time.perf_counter() - t0}  # fmt: skip
                 if len(val_gains):
                     last["val_fraction"] = validate(model, val_gains, model.noise)
-                lines.append(json.dumps(last))
+                saver.lines.append(json.dumps(last))
                 if writer is not None:
                     for k in ("loss", "val_fraction"):
                         if k in last:
@@ -330,17 +476,38 @@ def _loop(
                 progress(done, {"loss": float(value.detach()), **{k: v for k, v in last.items()
                                                           if k == "val_fraction"}})  # fmt: skip
     except KeyboardInterrupt:
-        if rank == 0:
-            _save(model, cfg, prov, last, opt, gen, completed, out, lines, interrupted=True)
+        # Raised by code, not by a signal (those only set `stop`), so the state is that of the
+        # last completed step; a second signal (stop.signum set) cut a step short: no save.
+        if rank == 0 and stop.signum is None and completed > start_step:
+            saver.save(completed, last, interrupted=True)
+        else:
+            saver.discard()
         raise
-    if world > 1:
-        dist.barrier()
-    if rank == 0:
-        _save(model, cfg, prov, last, opt, gen, cfg.steps, out, lines, interrupted=False)
+    except BaseException:
+        saver.discard()
+        raise
+    finally:
         if writer is not None:
             writer.close()
+    digest = _weights_digest(module)
+    if stop.signum is not None:
+        saved = False
+        if rank == 0 and completed > start_step:
+            saver.save(completed, last, interrupted=True)
+            saved = True
+        elif rank == 0:
+            saver.discard()
+            saved = resume is not None  # the checkpoint being resumed is still there, unchanged
+        return {"interrupted": {"signum": stop.signum, "saved": saved, "step": completed},
+                "weights_sha256": digest}  # fmt: skip
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if rank == 0:
+        saver.save(cfg.steps, last, interrupted=False)
     return {**last, "seconds": time.perf_counter() - t0, "samples": int(n),
-            "weights_sha256": _weights_digest(module)}  # fmt: skip
+            "weights_sha256": digest}  # fmt: skip
 
 
 def _weights_digest(module: torch.nn.Module) -> str:
@@ -353,26 +520,61 @@ def _weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _save(model: Any, cfg: TrainConfig, prov: dict, last: dict, opt: Any, gen: torch.Generator,
-          step: int, out: Path, lines: list[str], interrupted: bool) -> None:  # fmt: skip
-    extra = {
-        **prov,
-        "seed": cfg.seed,
-        "train": {k: v for k, v in asdict(cfg).items() if k not in ("extra", "out")},
-        "metrics": last,
-        "init": cfg.init,
-        **cfg.extra,
-    }
-    resume = resume_info = None
-    if interrupted:
-        resume, resume_info = _optimizer_state(opt, gen), {"step": step}
-    module = _module(model)
-    was = module.training
-    module.eval()
-    save_model(model, out, extra, resume=resume, resume_info=resume_info)
-    module.train(was)
-    if lines:
-        atomic_write_text(out / "metrics.jsonl", "\n".join(lines) + "\n")
+class _Saver:
+    """Rank 0's writer of the run's checkpoint, into the staging directory and swapped in."""
+
+    def __init__(self, model: Any, cfg: TrainConfig, prov: dict, init: str | None, opt: Any,
+                 gen: torch.Generator, out: Path, staging: Path | None) -> None:  # fmt: skip
+        self.model, self.cfg, self.prov, self.init = model, cfg, prov, init
+        self.opt, self.gen, self.out, self.staging = opt, gen, out, staging
+        self.lines: list[str] = []
+
+    def discard(self) -> None:
+        if self.staging is not None:
+            outputs.discard(self.staging, checkpoint.LAYOUT)
+
+    def save(self, step: int, last: dict, interrupted: bool) -> None:
+        cfg = self.cfg
+        extra = {
+            **self.prov,
+            "seed": cfg.seed,
+            "train": {k: v for k, v in asdict(cfg).items()
+                      if k not in ("extra", "out", "force", "resume")},
+            "metrics": last,
+            "init": self.init,
+            # Half-trained checkpoints say so: steps done of planned.
+            "progress": {"steps_done": step, "steps_planned": cfg.steps,
+                         "complete": not interrupted},
+            **cfg.extra,
+        }
+        resume = resume_info = None
+        if interrupted:
+            resume, resume_info = _optimizer_state(self.opt, self.gen), {"step": step}
+        module = _module(self.model)
+        was = module.training
+        module.eval()
+        try:
+            save_model(self.model, self.out, extra, resume=resume, resume_info=resume_info,
+                       metrics=self.lines, staging=self.staging)  # fmt: skip
+        except checkpoint.CheckpointWriteError as exc:
+            raise UserError(f"{exc}; {_rescue(self.model, extra, resume, resume_info)}") from None
+        finally:
+            self.staging = None
+            module.train(was)
+
+
+def _rescue(model: Any, extra: dict, resume: Any, resume_info: Any) -> str:
+    """Save the trained weights in the system's temporary folder when the output could not be
+    written, and say where (or that this failed too)."""
+    import tempfile
+
+    try:
+        where = Path(tempfile.mkdtemp(prefix="aigxctl-rescue-")) / "model"
+        save_model(model, where, extra, resume=resume, resume_info=resume_info)
+    except (OSError, UserError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        return f"the trained weights could not be saved anywhere else either ({reason})"
+    return f"the trained weights were saved to {where} instead"
 
 
 def _optimizer_state(opt: torch.optim.Optimizer, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -387,22 +589,36 @@ def _optimizer_state(opt: torch.optim.Optimizer, gen: torch.Generator) -> dict[s
 
 
 def _restore(opt: torch.optim.Optimizer, module: torch.nn.Module, state: dict[str, torch.Tensor],
-             gen: torch.Generator) -> None:  # fmt: skip
-    gen.set_state(state["rng"])
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        if f"{i}.exp_avg" in state:
-            opt.state[p] = {
-                "exp_avg": state[f"{i}.exp_avg"].to(p.device),
-                "exp_avg_sq": state[f"{i}.exp_avg_sq"].to(p.device),
-                "step": state[f"{i}.step"].clone(),
-            }
-
-
-def _tensorboard(out: Path) -> Any:
+             gen: torch.Generator, out: Path) -> None:  # fmt: skip
+    damaged = f"{out / checkpoint.RESUME_WEIGHTS}: damaged (%s); start over with --force"
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError(
-            "--tensorboard needs the tensorboard package: pip install tensorboard"
-        ) from None
-    return SummaryWriter(str(out / "tensorboard"))
+        gen.set_state(state["rng"])
+    except RuntimeError:
+        raise UserError(damaged % "bad random-generator state") from None
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        keys = [f"{i}.exp_avg", f"{i}.exp_avg_sq", f"{i}.step"]
+        if not any(k in state for k in keys):
+            continue
+        if not all(k in state for k in keys) or any(
+            state[k].shape != p.shape for k in keys[:2]
+        ) or state[keys[2]].numel() != 1:
+            raise UserError(damaged % f"optimizer state {i} does not match the model")
+        opt.state[p] = {
+            "exp_avg": state[keys[0]].to(p.device),
+            "exp_avg_sq": state[keys[1]].to(p.device),
+            "step": state[keys[2]].clone(),
+        }
+
+
+def _tensorboard(previous: Path | None, staging: Path | None) -> Any:
+    """A TensorBoard writer into the staging directory, which first gets a copy of the logs of
+    the run being resumed (``previous``), so they stay in the checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert staging is not None
+    logs = staging / checkpoint.TENSORBOARD
+    logs.mkdir(exist_ok=True)
+    if previous is not None and (previous / checkpoint.TENSORBOARD).is_dir():
+        for f in (previous / checkpoint.TENSORBOARD).glob("events.out.tfevents.*"):
+            shutil.copy2(f, logs / f.name)
+    return SummaryWriter(str(logs))
