@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from aigxctl import core, data, outputs, scenarios
+from aigxctl import data, metrics, outputs, plot, scenarios
 from aigxctl.checkpoint import MAX_HIDDEN, load_model
 from aigxctl.errors import UserError
 from aigxctl.evaluate import evaluate
-from aigxctl.files import atomic_path, atomic_write_text
+from aigxctl.files import atomic_write_text
 from aigxctl.reward import RewardConfig, train_reward
 from aigxctl.train import MAX_STEPS, TrainConfig, train
 
@@ -156,17 +156,14 @@ Display = Callable[[str, dict[str, Any]], None]
 
 
 def _rates(res: dict[str, Any]) -> dict[str, dict[str, float]]:
-    opt, eq = res["optimum_rate"], res["equal_rate"]
-    out = {}
-    for key, value in res.items():
-        if key.endswith("_rate"):
-            name = "gdm" if key == "model_rate" else key[: -len("_rate")]
-            out[name] = {
-                "rate": value,
-                "fraction_of_optimum": value / opt,
-                "gain_over_equal": value / eq - 1.0,
-            }
-    return out
+    """Per method of an evaluate() result: rate, fraction of the optimum, gain over equal."""
+    return {
+        ("gdm" if key == "model_rate" else key[: -len("_rate")]): metrics.compare(
+            value, res["optimum_rate"], res["equal_rate"]
+        )
+        for key, value in res.items()
+        if key.endswith("_rate")
+    }
 
 
 # What a cycle writes in its run directory (outputs.Layout); each piece is written by its own
@@ -192,198 +189,169 @@ def run_cycle(
     """
     cfg.check()
     t1, t2 = scenarios.get(cfg.t1_scenario), scenarios.get(cfg.t2_scenario)
-    for key in ("samples", "eval_samples"):  # held in memory for training and evaluation
-        scenarios.check_draw_size(getattr(cfg, key), t1.m, key)
-    out = outputs.claim_dir(out, LAYOUT, force=force, what="cycle run")
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    show = display or (lambda _phase, _status: None)
     if t1.m != t2.m:
         raise UserError(f"the two scenarios have different M ({t1.m} and {t2.m})")
-    curve: list[dict[str, Any]] = []  # metrics.jsonl rows
-    timings: dict[str, float] = {}
-    offset = 0  # global step of the current phase's start
+    for key in ("samples", "eval_samples"):  # held in memory for training and evaluation
+        scenarios.check_draw_size(getattr(cfg, key), t1.m, key)
+    run = CycleRun(cfg, outputs.claim_dir(out, LAYOUT, force=force, what="cycle run"), display)
+    run.t1_good_weather(t1)
+    run.t2_rainstorm(t2)
+    run.t3_retrain()
+    return run.write_report()
 
-    def eval_gains(s: scenarios.Scenario, seed: int) -> tuple[np.ndarray, float]:
-        """Fresh evaluation draws and their optimum's mean sum rate."""
-        g = np.concatenate(list(scenarios.draw_chunks(s, cfg.eval_samples, seed)))
-        opt = core.waterfill(g, s.total_power, s.noise)
-        return g, float(core.sum_rate(g, opt, s.noise).mean())
 
-    def fit(
-        name: str,
-        datasets: list[Path],
-        steps: int,
-        arch: str,
-        init: Path | None,
-        lr: float,
-        rate_weight: float,
-        phase: str,
-        opt_rate: float,
-    ) -> Path:
-        nonlocal offset
-        path = out / "models" / name
-        start = offset
+class CycleRun:
+    """One cycle in its run directory. The phases (the paper's Fig. 5) are its methods; they
+    share the models trained so far, the learning curve (``metrics.jsonl``), the training times
+    and the step at which the current phase starts on the figure's axis."""
 
-        def progress(step: int, m: dict[str, float]) -> None:
-            status = {"method": arch, "step": step, "steps": steps, **m}
-            if ("val_fraction" in m and step % cfg.val_every == 0) or step == steps:
-                row = {
-                    "phase": phase,
-                    "method": arch,
-                    "model": name,
-                    "step": start + step,
-                    "loss": m["loss"],
-                }
-                if "val_fraction" in m:
-                    row["val_fraction"] = m["val_fraction"]
-                    row["rate"] = m["val_fraction"] * opt_rate
-                curve.append(row)
-            show(phase, status)
+    def __init__(self, cfg: CycleConfig, out: Path, display: Display | None) -> None:
+        self.cfg, self.out = cfg, out
+        self.show = display or (lambda _phase, _status: None)
+        self.curve: list[dict[str, Any]] = []
+        self.timings: dict[str, float] = {}
+        self.offset = 0
+        self.phases: list[dict[str, Any]] = []
+        self.opt_rates: dict[str, float] = {}
+        self.sac: Any = None
+        self.sac_note: dict[str, Any] = {}
+        for sub in ("data", "models"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
 
-        t0 = time.perf_counter()
-        if arch == "gdm" and cfg.training == "reward":
-            rc = RewardConfig(
-                scenario=cfg.t1_scenario if phase == "T1" else cfg.t2_scenario,
-                out=str(path),
-                steps=steps,
-                hidden=cfg.hidden,
-                seed=cfg.seed,
-                val_every=cfg.val_every,
-                init=str(init) if init else None,
-                force=True,  # the run directory was claimed (and --force asked) above
-            )
-            train_reward(rc, progress)
-        else:
-            tc = TrainConfig(
-                data=[str(d) for d in datasets],
-                out=str(path),
-                arch=arch,
-                steps=steps,
-                lr=lr,
-                rate_weight=rate_weight,
-                seed=cfg.seed,
-                hidden=cfg.hidden,
-                init=str(init) if init else None,
-                val_every=cfg.val_every,
-                force=True,  # the run directory was claimed (and --force asked) above
-            )
-            train(tc, progress)
-        timings[name] = time.perf_counter() - t0
+    # ---- the phases ---------------------------------------------------------------------------
+
+    def t1_good_weather(self, t1: scenarios.Scenario) -> None:
+        """T1: collect expert-labelled data under good weather, train every method on it."""
+        cfg = self.cfg
+        self.show("T1", {"method": "collect"})
+        self.d1 = self.collect(t1, "t1.npz", cfg.seed)
+        gains = self.eval_gains("T1", t1, cfg.seed + 101)
+        self.gdm1 = self.fit("t1_gdm", [self.d1], "gdm", "T1", cfg.t1_steps)
+        self.mlp1 = self.fit("t1_mlp", [self.d1], "mlp", "T1", cfg.t1_steps) if cfg.mlp else None
+        self.sac, self.sac_note = _sac_start(cfg, t1, self.show)
+        if self.sac is not None:
+            self.sac.save(self.out / "models" / "t1_sac")
+        methods = self.evaluate("T1", gains, self.gdm1, self.mlp1)
+        self.phases.append({"name": "T1", "eval_scenario": t1.name,
+                            "train_data": [str(self.d1)], "methods": methods})  # fmt: skip
+        self.offset += cfg.t1_steps
+
+    def t2_rainstorm(self, t2: scenarios.Scenario) -> None:
+        """T2: the weather turns; the T1 models drift. The network collects new expert data."""
+        cfg = self.cfg
+        self.t2 = t2
+        self.g2 = self.eval_gains("T2", t2, cfg.seed + 202)
+        self.opt_rates["T3"] = self.opt_rates["T2"]
+        methods = self.evaluate("T2", self.g2, self.gdm1, self.mlp1)
+        band = max(1, cfg.t3_steps // 5)  # width of the T2 segment on the figure's step axis
+        for step in (self.offset, self.offset + band):
+            self.curve.append({"phase": "T2", "method": "gdm", "model": "t1_gdm", "step": step,
+                               "rate": methods["gdm"]["rate"]})  # fmt: skip
+        self.offset += band
+        self.show("T2", {"method": "collect"})
+        self.d2 = self.collect(t2, "t2.npz", cfg.seed + 1)
+        self.phases.append({"name": "T2", "eval_scenario": t2.name, "models_from": "T1",
+                            "methods": methods})  # fmt: skip
+
+    def t3_retrain(self) -> None:
+        """T3: retrain on the new data (fine-tune, on T1 + T2 data, or both side by side)."""
+        cfg = self.cfg
+        extra: dict[str, Path] = {}
+        if cfg.retrain in ("finetune", "both"):
+            gdm3 = self.fit("t3_gdm", [self.d2], "gdm", "T3", cfg.t3_steps, init=self.gdm1)
+        if cfg.retrain in ("combined", "both"):
+            # Drawn over the same steps as the fine-tuning, beside it.
+            start = self.offset
+            combined = self.fit("t3_gdm_combined", [self.d1, self.d2], "gdm", "T3c",
+                                cfg.t3_steps, init=self.gdm1)  # fmt: skip
+            self.offset = start
+            if cfg.retrain == "combined":
+                gdm3 = combined
+            else:
+                extra["gdm_combined"] = combined
+        mlp3 = (self.fit("t3_mlp", [self.d2], "mlp", "T3", cfg.t3_steps, init=self.mlp1)
+                if self.mlp1 else None)  # fmt: skip
+        self.sac = _sac_continue(self.sac, cfg, self.t2, self.show)
+        if self.sac is not None:
+            self.sac.save(self.out / "models" / "t3_sac")
+            # What SAC got, per phase: environment samples, wall seconds, training rate.
+            self.sac_note["history"] = self.sac.history
+        methods = self.evaluate("T3", self.g2, gdm3, mlp3, extra)
+        self.phases.append({"name": "T3", "eval_scenario": self.t2.name,
+                            "train_data": [str(self.d2)], "retrain": cfg.retrain,
+                            "methods": methods})  # fmt: skip
+        self.offset += cfg.t3_steps
+
+    def write_report(self) -> dict[str, Any]:
+        """report.json, metrics.jsonl and the figure; returns the report."""
+        report = {"phases": self.phases, "config": asdict(self.cfg), "paper": PAPER,
+                  "sac": self.sac_note, "train_seconds": self.timings}  # fmt: skip
+        atomic_write_text(self.out / "metrics.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in self.curve))  # fmt: skip
+        atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
+        plot.cycle_figure(report, self.curve, self.out / "cycle.png", opt_rates=self.opt_rates)
+        return report
+
+    # ---- the pieces the phases are made of ----------------------------------------------------
+
+    def collect(self, scenario: scenarios.Scenario, name: str, seed: int) -> Path:
+        path = self.out / "data" / name
+        data.collect_to_file(scenario, self.cfg.samples, seed, path, overwrite=True)
         return path
 
-    def phase_eval(
-        name: str,
-        gains: np.ndarray,
-        gdm: Path,
-        mlp: Path | None,
-        sac: Any,
-        extra: dict[str, Path] | None = None,
-    ) -> dict[str, Any]:
-        show(name, {"method": "evaluate"})
+    def eval_gains(self, phase: str, scenario: scenarios.Scenario, seed: int) -> np.ndarray:
+        """Fresh evaluation draws of the phase; remembers their optimum's mean sum rate."""
+        gains = scenarios.draw(scenario, self.cfg.eval_samples, seed)
+        self.opt_rates[phase] = metrics.optimum_rate(gains, scenario.total_power, scenario.noise)
+        return gains
+
+    def fit(self, name: str, datasets: list[Path], arch: str, phase: str, steps: int,
+            init: Path | None = None) -> Path:  # fmt: skip
+        """Train one model of the phase into models/NAME, recording its learning curve."""
+        cfg = self.cfg
+        path = self.out / "models" / name
+        start, opt_rate = self.offset, self.opt_rates[phase.rstrip("c")]
+        if phase == "T1":
+            lr, rate_weight = TrainConfig.lr, cfg.rate_weight
+        else:
+            lr, rate_weight = cfg.t3_lr, cfg.t3_rate_weight
+
+        def progress(step: int, m: dict[str, float]) -> None:
+            if ("val_fraction" in m and step % cfg.val_every == 0) or step == steps:
+                row = {"phase": phase, "method": arch, "model": name, "step": start + step,
+                       "loss": m["loss"]}  # fmt: skip
+                if "val_fraction" in m:
+                    row.update(val_fraction=m["val_fraction"], rate=m["val_fraction"] * opt_rate)
+                self.curve.append(row)
+            self.show(phase, {"method": arch, "step": step, "steps": steps, **m})
+
+        t0 = time.perf_counter()
+        # The run directory was claimed (with the user's --force) as a whole: each model may
+        # replace the one a previous run left under its name.
+        if arch == "gdm" and cfg.training == "reward":
+            train_reward(RewardConfig(
+                scenario=cfg.t1_scenario if phase == "T1" else cfg.t2_scenario, out=str(path),
+                steps=steps, hidden=cfg.hidden, seed=cfg.seed, val_every=cfg.val_every,
+                init=str(init) if init else None, force=True), progress)  # fmt: skip
+        else:
+            train(TrainConfig(
+                data=[str(d) for d in datasets], out=str(path), arch=arch, steps=steps, lr=lr,
+                rate_weight=rate_weight, seed=cfg.seed, hidden=cfg.hidden,
+                init=str(init) if init else None, val_every=cfg.val_every, force=True),
+                progress)  # fmt: skip
+        self.timings[name] = time.perf_counter() - t0
+        return path
+
+    def evaluate(self, phase: str, gains: np.ndarray, gdm: Path, mlp: Path | None,
+                 extra: dict[str, Path] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Every method of the phase on its evaluation draws (see :func:`_rates`)."""
+        self.show(phase, {"method": "evaluate"})
         others = {"mlp": load_model(mlp)} if mlp else {}
         for key, path in (extra or {}).items():
             others[key] = load_model(path)
-        if sac is not None:
-            others["sac"] = sac
-        res = evaluate(load_model(gdm), gains, others=others, seed=cfg.seed)
-        return _rates(res)
-
-    # ---- T1: collect under good weather, train ----------------------------------------------
-    show("T1", {"method": "collect"})
-    d1 = out / "data" / "t1.npz"
-    data.collect_to_file(t1, cfg.samples, cfg.seed, d1, overwrite=True)
-    g1, opt1 = eval_gains(t1, cfg.seed + 101)
-    gdm1 = fit("t1_gdm", [d1], cfg.t1_steps, "gdm", None, 2e-3, cfg.rate_weight, "T1", opt1)
-    mlp1 = (
-        fit("t1_mlp", [d1], cfg.t1_steps, "mlp", None, 2e-3, cfg.rate_weight, "T1", opt1)
-        if cfg.mlp
-        else None
-    )
-    sac, sac_note = _sac_start(cfg, t1, show)
-    if sac is not None:
-        sac.save(out / "models" / "t1_sac")
-    phases = [
-        {
-            "name": "T1",
-            "eval_scenario": t1.name,
-            "train_data": [str(d1)],
-            "methods": phase_eval("T1", g1, gdm1, mlp1, sac),
-        }
-    ]
-    offset += cfg.t1_steps
-
-    # ---- T2: the rainstorm; the T1 models drift; collect new expert data -------------------
-    g2, opt2 = eval_gains(t2, cfg.seed + 202)
-    t2_methods = phase_eval("T2", g2, gdm1, mlp1, sac)
-    band = max(1, cfg.t3_steps // 5)  # width of the T2 segment on the plot's step axis
-    curve.append(
-        {
-            "phase": "T2",
-            "method": "gdm",
-            "model": "t1_gdm",
-            "step": offset,
-            "rate": t2_methods["gdm"]["rate"],
-        }
-    )
-    curve.append(
-        {
-            "phase": "T2",
-            "method": "gdm",
-            "model": "t1_gdm",
-            "step": offset + band,
-            "rate": t2_methods["gdm"]["rate"],
-        }
-    )
-    offset += band
-    show("T2", {"method": "collect"})
-    d2 = out / "data" / "t2.npz"
-    data.collect_to_file(t2, cfg.samples, cfg.seed + 1, d2, overwrite=True)
-    phases.append(
-        {"name": "T2", "eval_scenario": t2.name, "models_from": "T1", "methods": t2_methods}
-    )
-
-    # ---- T3: retrain on the new data --------------------------------------------------------
-    extra = {}
-    t3_opt = (cfg.t3_lr, cfg.t3_rate_weight)
-    if cfg.retrain in ("finetune", "both"):
-        gdm3 = fit("t3_gdm", [d2], cfg.t3_steps, "gdm", gdm1, *t3_opt, "T3", opt2)
-    if cfg.retrain in ("combined", "both"):
-        offset_before = offset
-        comb = fit("t3_gdm_combined", [d1, d2], cfg.t3_steps, "gdm", gdm1, *t3_opt, "T3c", opt2)
-        offset = offset_before
-        if cfg.retrain == "combined":
-            gdm3 = comb
-        else:
-            extra["gdm_combined"] = comb
-    mlp3 = fit("t3_mlp", [d2], cfg.t3_steps, "mlp", mlp1, *t3_opt, "T3", opt2) if mlp1 else None
-    sac = _sac_continue(sac, cfg, t2, show)
-    if sac is not None:
-        sac.save(out / "models" / "t3_sac")
-        # What SAC got, per phase: environment samples, wall seconds, training rate.
-        sac_note["history"] = sac.history
-    phases.append(
-        {
-            "name": "T3",
-            "eval_scenario": t2.name,
-            "train_data": [str(d2)],
-            "retrain": cfg.retrain,
-            "methods": phase_eval("T3", g2, gdm3, mlp3, sac, extra),
-        }
-    )
-    offset += cfg.t3_steps
-
-    report = {
-        "phases": phases,
-        "config": asdict(cfg),
-        "paper": PAPER,
-        "sac": sac_note,
-        "train_seconds": timings,
-    }
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in curve))
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-    plot(report, curve, out / "cycle.png", opt_rates={"T1": opt1, "T2": opt2, "T3": opt2})
-    return report
+        if self.sac is not None:
+            others["sac"] = self.sac
+        return _rates(evaluate(load_model(gdm), gains, others=others, seed=self.cfg.seed))
 
 
 def _sac_start(cfg: CycleConfig, scenario: Any, show: Display) -> tuple[Any, dict[str, Any]]:
@@ -416,99 +384,3 @@ def _sac_continue(agent: Any, cfg: CycleConfig, scenario: Any, show: Display) ->
     agent.set_scenario(scenario)
     agent.train(steps, progress=progress)
     return agent
-
-
-# The reference levels drawn over each phase: (method, colour, line style, width, legend).
-LEVELS = (
-    ("optimum", "black", "--", 1.2, "water-filling optimum"),
-    ("equal", "grey", ":", 1.5, "equal allocation"),
-)
-
-
-def plot(
-    report: dict[str, Any], curve: list[dict[str, Any]], path: Path, opt_rates: dict[str, float]
-) -> None:
-    """Test sum rate over training steps across the phases, with phase bands and the optimum
-    and equal-split levels of each phase (the paper's Fig. 5, part C), as PNG and SVG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=120)
-    colours = {"T1": "#dbeafe", "T2": "#fee2e2", "T3": "#dcfce7"}
-    spans: dict[str, list[float]] = {}
-    for row in curve:
-        phase = row["phase"].rstrip("c")
-        lo, hi = spans.get(phase, [row["step"], row["step"]])
-        spans[phase] = [min(lo, row["step"]), max(hi, row["step"])]
-    t1_end = spans.get("T1", [0, 0])[1]
-    spans["T1"][0] = 0
-    if "T2" in spans:
-        spans["T2"][0] = t1_end
-        spans["T3"][0] = spans["T2"][1]
-    by_phase = {p["name"]: p["methods"] for p in report["phases"]}
-    for phase, (lo, hi) in spans.items():
-        ax.axvspan(lo, hi, color=colours.get(phase, "#eee"), alpha=0.7, lw=0)
-        ax.text(
-            (lo + hi) / 2,
-            1.0,
-            phase,
-            transform=ax.get_xaxis_transform(),
-            ha="center",
-            va="bottom",
-            fontsize=11,
-            fontweight="bold",
-        )
-        methods = by_phase.get(phase, {})
-        for key, colour, style, lw, label in LEVELS:
-            if key in methods:
-                ax.hlines(methods[key]["rate"], lo, hi, colors=colour, linestyles=style, lw=lw,
-                          label=label if phase == "T1" else None)  # fmt: skip
-    styles = {
-        ("gdm", "T1"): ("GDM", "#1d4ed8"),
-        ("gdm", "T2"): ("GDM (T1 model on T2)", "#b91c1c"),
-        ("gdm", "T3"): ("GDM retrained (T3)", "#15803d"),
-        ("gdm", "T3c"): ("GDM retrained on T1+T2", "#65a30d"),
-        ("mlp", "T1"): ("MLP", "#a855f7"),
-        ("mlp", "T3"): ("MLP retrained", "#a855f7"),
-    }
-    for (method, phase), (label, colour) in styles.items():
-        pts = [
-            (r["step"], r["rate"])
-            for r in curve
-            if r["method"] == method and r["phase"] == phase and "rate" in r
-        ]
-        if pts:
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(
-                xs,
-                ys,
-                color=colour,
-                lw=2 if method == "gdm" else 1.2,
-                ls="-" if method == "gdm" else "-.",
-                label=label,
-                marker="o",
-                ms=2.5,
-            )
-    if "sac" in by_phase.get("T1", {}):
-        for phase in ("T1", "T3"):
-            lo, hi = spans[phase]
-            ax.hlines(
-                by_phase[phase]["sac"]["rate"],
-                lo,
-                hi,
-                colors="#ea580c",
-                lw=1.5,
-                label="SAC (final)" if phase == "T1" else None,
-            )
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test sum rate (bit/s/Hz)")
-    ax.set_title("AIGX virtuous cycle: T1 good weather -> T2 rainstorm -> T3 retrained", pad=18)
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    for suffix in (".png", ".svg"):
-        with atomic_path(path.with_suffix(suffix)) as tmp:
-            fig.savefig(tmp, format=suffix[1:])
-    plt.close(fig)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from aigxctl import core
+from aigxctl import core, metrics
 from aigxctl.errors import UserError
 
 __all__ = ["ACTION_MAPS", "PowerAllocationEnv", "StandardizedGains", "action_to_power"]
@@ -115,8 +115,8 @@ class PowerAllocationEnv(gym.Env):
         rate = float(core.sum_rate(g, power, s2))
         info = {
             "power": power,
-            "optimum_rate": float(core.sum_rate(g, core.waterfill(g, p, s2), s2)),
-            "equal_rate": float(core.sum_rate(g, np.full_like(g, p / g.size), s2)),
+            "optimum_rate": metrics.optimum_rate(g, p, s2),
+            "equal_rate": metrics.equal_rate(g, p, s2),
         }
         obs = g.astype(np.float32)  # the episode is over; the final observation is unused
         self._gains = None

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from aigxctl import core
-from aigxctl.allocation import equal_split
+from aigxctl import metrics
 from aigxctl.errors import UserError
 
 __all__ = ["BASELINES", "evaluate", "random_split"]
@@ -60,32 +59,33 @@ def evaluate(
     seconds = time.perf_counter() - start
 
     def rate(alloc: np.ndarray) -> float:
-        return float(core.sum_rate(gains, alloc, s2).mean())
+        return metrics.mean_rate(gains, alloc, s2)
 
-    optimum = rate(core.waterfill(gains, p, s2))
+    optimum = metrics.optimum_rate(gains, p, s2)
     rates = {"model": rate(power), "optimum": optimum}
     for name in baselines:
         if name == "equal":
-            rates["equal"] = rate(equal_split(gains, p))
+            rates["equal"] = metrics.equal_rate(gains, p, s2)
         elif name == "random":
             rates["random"] = rate(random_split(gains, p, seed))
         else:
             raise UserError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     for name, other in (others or {}).items():
         rates[name] = rate(other.allocate(gains))
-    equal = rates.get("equal", rate(equal_split(gains, p)))
+    equal = rates.get("equal") or metrics.equal_rate(gains, p, s2)
     if not (optimum > 0 and equal > 0):  # the ratios below divide by both
         raise UserError(
             f"the gains are too small for a nonzero sum rate at P = {p:g}, sigma^2 = {s2:g} "
             f"(optimum {optimum:g}, equal split {equal:g} bit/s/Hz): nothing to compare"
         )
     result: dict[str, Any] = {f"{k}_rate": v for k, v in rates.items()}
+    model_vs = metrics.compare(rates["model"], optimum, equal)
     result.update(
         {
             "equal_rate": equal,
-            "fraction_of_optimum": rates["model"] / optimum,
-            "gain_over_equal": rates["model"] / equal - 1.0,
-            "optimum_gain_over_equal": optimum / equal - 1.0,
+            "fraction_of_optimum": model_vs["fraction_of_optimum"],
+            "gain_over_equal": model_vs["gain_over_equal"],
+            "optimum_gain_over_equal": metrics.compare(optimum, optimum, equal)["gain_over_equal"],
             "decisions_per_s": len(gains) / seconds if seconds > 0 else float("inf"),
             "samples": len(gains),
             "channels": int(gains.shape[1]),
@@ -96,6 +96,7 @@ def evaluate(
         }
     )
     for name in others or {}:
-        result[f"{name}_fraction_of_optimum"] = rates[name] / optimum
-        result[f"{name}_gain_over_equal"] = rates[name] / equal - 1.0
+        vs = metrics.compare(rates[name], optimum, equal)
+        result[f"{name}_fraction_of_optimum"] = vs["fraction_of_optimum"]
+        result[f"{name}_gain_over_equal"] = vs["gain_over_equal"]
     return result

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aigxctl import core, scenarios
+from aigxctl import core, metrics, scenarios
 from aigxctl.checkpoint import MAX_DENOISE_STEPS, MAX_HIDDEN, claim, load_model, save_model
 from aigxctl.diffusion import Schedule, reverse_process, to_allocation
 from aigxctl.errors import UserError
@@ -118,9 +118,7 @@ def train_reward(
     actor_opt = torch.optim.AdamW(model.denoiser.parameters(), lr=cfg.lr)
     critic_opt = torch.optim.AdamW([p for c in critics for p in c.parameters()], lr=cfg.critic_lr)
     val = scen.sample(cfg.val_samples, rng)
-    val_opt = float(
-        core.sum_rate(val, core.waterfill(val, scen.total_power, scen.noise), scen.noise).mean()
-    )
+    val_opt = metrics.optimum_rate(val, scen.total_power, scen.noise)
     p, s2 = scen.total_power, scen.noise
     t0 = time.perf_counter()
     last: dict[str, Any] = {}

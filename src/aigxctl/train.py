@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aigxctl import checkpoint, core, data, outputs, signals
+from aigxctl import checkpoint, data, metrics, outputs, signals
 from aigxctl.checkpoint import MAX_DENOISE_STEPS, MAX_HIDDEN, load_model, save_model
 from aigxctl.diffusion import PREDICTIONS, SCHEDULES, Schedule, loss, rate_regret
 from aigxctl.errors import UserError
@@ -214,9 +214,8 @@ def validate(model: Any, gains: np.ndarray, noise: float) -> float:
     _module(model).eval()
     power = model.allocate(gains, seed=1234)
     _module(model).train()
-    opt = core.waterfill(gains, model.total_power, noise)
-    return float(
-        core.sum_rate(gains, power, noise).mean() / core.sum_rate(gains, opt, noise).mean()
+    return metrics.mean_rate(gains, power, noise) / metrics.optimum_rate(
+        gains, model.total_power, noise
     )
 
 
