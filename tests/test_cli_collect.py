@@ -32,7 +32,7 @@ def test_scenarios_lists_the_builtins(run):
 def test_scenarios_show(run):
     res = run("scenarios", "show", "t1", "--samples", "2000")
     assert res.exit_code == 0, res.output
-    assert "optimum over equal" in res.stdout and "+19" in res.stdout  # ~ +19.8 % (DESIGN.md)
+    assert "optimum over equal" in res.stdout and "+19" in res.stdout  # ~ +19.8 %
     res = run("scenarios", "show", EXAMPLE, "--samples", "2000")
     assert res.exit_code == 0, res.output
     assert "rician(k_factor=4, mean=6.5), -3 dB" in res.stdout and "shadowing 2 dB" in res.stdout

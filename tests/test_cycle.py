@@ -17,6 +17,7 @@ TINY = CycleConfig(samples=400, t1_steps=30, t3_steps=20, eval_samples=200, hidd
                    val_every=10, sac=False, retrain="both")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tiny_cycle_writes_report_plot_and_checkpoints(tmp_path: Path):
     report = run_cycle(TINY, tmp_path / "run")
     doc = json.loads((tmp_path / "run" / "report.json").read_text())

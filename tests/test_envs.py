@@ -131,6 +131,7 @@ def test_sac_config_errors():
     assert SACConfig.from_dict({"net": [8, 8]}).net == (8, 8)
 
 
+@pytest.mark.slow
 def test_sac_trains_continues_and_round_trips(tmp_path):
     pytest.importorskip("stable_baselines3")
     from aigxctl.baselines.sac import SACBaseline, SACConfig

@@ -62,7 +62,7 @@ def test_figures_are_the_mean_sum_rates(gains):
     assert res["gain_over_equal"] == pytest.approx(opt / equal - 1)
     assert res["optimum_gain_over_equal"] == pytest.approx(opt / equal - 1)
     assert res["samples"] == 500 and res["channels"] == 20 and res["decisions_per_s"] > 0
-    # On T1 at P = 0.2 the optimum is about 20 % above the equal split (DESIGN.md section 1).
+    # On T1 at P = 0.2 the optimum is about 20 % above the equal split (docs/architecture.md).
     assert 0.15 < res["optimum_gain_over_equal"] < 0.25
 
 

@@ -527,6 +527,7 @@ def test_blocks_join_up_in_order(tmp_path, monkeypatch):
         files.read_gains_csv(path)
 
 
+@pytest.mark.slow
 def test_a_20_mb_csv_is_read_in_about_its_own_size(tmp_path):
     row = ",".join(["1.5"] * 20) + "\n"
     path = tmp_path / "big.csv"

@@ -248,7 +248,7 @@ def test_unreadable_files(tmp_path: Path):
 
 def test_estimate_shows_what_there_is_to_win():
     est = scenarios.estimate(scenarios.get("t1"), 20_000, 0)
-    # DESIGN.md section 1: at P = 0.2 the optimum is ~19.8 % over equal on T1, ~42 % on T2.
+    # At P = 0.2 the optimum is ~19.8 % over equal on T1, ~42 % on T2 (docs/architecture.md).
     assert est["optimum_gain_over_equal"] == pytest.approx(0.198, abs=0.01)
     assert est["mean_gain"] == pytest.approx(5.5, rel=0.01)
     est2 = scenarios.estimate(scenarios.get("t2"), 20_000, 0)

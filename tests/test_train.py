@@ -103,6 +103,7 @@ def test_mlp_baseline_trains(dataset, tmp_path):
     assert load_model(tmp_path / "mlp").arch == "mlp"
 
 
+@pytest.mark.slow
 def test_two_process_ddp_ranks_end_identical(dataset, tmp_path):
     res = train(TrainConfig(data=[str(dataset)], out=str(tmp_path / "ddp"), steps=10, nproc=2,
                             **TINY))  # fmt: skip

@@ -360,7 +360,7 @@ def sample_table(results: dict[str, Any]) -> Any:
 def collect(
     samples: int = 1_000_000, repeats: int = 3, seed: int = 0, scenario: str = "t1"
 ) -> dict[str, Any]:
-    """Samples/s of collecting vs only drawing the same gains with NumPy (issue 3, item 5).
+    """Samples/s of collecting vs only drawing the same gains with NumPy.
 
     Cases, same scenario, seed and N: ``draw`` (the gains into one [N, M] array: the floor),
     ``waterfill`` and ``sum_rate`` (the core's labelling alone, on those gains), ``collect``

@@ -109,10 +109,6 @@ def model_config(model: GDM | MLPAllocator, extra: dict[str, Any] | None = None)
     return cfg
 
 
-def _module(model: GDM | MLPAllocator) -> torch.nn.Module:
-    return model.denoiser if isinstance(model, GDM) else model.net
-
-
 def claim(out: str | Path, *, force: bool, resume: bool = False) -> Path:
     """Check that a checkpoint may be written at ``out`` (see outputs.claim_dir): absent or
     empty, or a previous aigxctl checkpoint with ``force`` (``resume`` continues one)."""
@@ -154,7 +150,7 @@ def save_model(
     os.umask(umask)
     mode = 0o666 & ~umask
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in _module(model).state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
         blob = safetensors.torch.save(state)
         cfg = model_config(model, {**(extra or {}),
                                    "weights_sha256": hashlib.sha256(blob).hexdigest()})  # fmt: skip

@@ -165,7 +165,9 @@ class FusedSampler:
     ) -> Any:
         """Allocations ``[B, M]`` for raw gains ``[B, M]`` (NumPy or torch; CUDA tensors run on
         the GPU). ``noise`` is ``[T+1, B, M]`` (start sample, then one slot per step); without it
-        the core draws Philox normals from ``seed``, the same numbers on the CPU and the GPU."""
+        the core draws Philox normals from ``seed``, the same normals on the CPU and the GPU.
+        The CPU and the GPU run the same math (aigx_hd.h), equal within 1e-5, not bit for bit:
+        their exp and Mish differ in the last bits."""
         if mode not in MODE_CODES:
             raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {mode!r}")
         if core.is_cuda_tensor(gains):

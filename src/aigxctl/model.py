@@ -1,8 +1,8 @@
 """The allocators that learn: the conditional diffusion model (GDM) and the discriminative MLP
 baseline, and the object a trained model is used through (``load_model(dir).allocate(gains)``).
 
-The GDM's denoiser has the reference shape (DESIGN.md section 1): a condition branch
-Linear(M,H) Mish Linear(H,H), a sinusoidal time embedding of width 16 with Linear(16,32) Mish
+The GDM's denoiser has the reference shape (docs/architecture.md, "The model"): a condition
+branch Linear(M,H) Mish Linear(H,H), a sinusoidal time embedding of width 16 with Linear(16,32) Mish
 Linear(32,16), and a trunk over [x, t_emb, cond_emb]: Linear(H+M+16,H) Mish Linear(H,H) Mish
 Linear(H,M). Module names matter: aigxctl.fused packs the trained weights by them.
 """
@@ -139,6 +139,16 @@ class GDM:
     def T(self) -> int:
         return self.schedule.steps
 
+    @property
+    def module(self) -> nn.Module:
+        """The network that learns (the denoiser)."""
+        return self.denoiser
+
+    def weights_changed(self) -> None:
+        """Say the denoiser's weights were changed in place (training): the fused sampler is
+        packed again from them on its next use."""
+        self._fused, self._fused_reason = None, None
+
     def normalise(self, gains: torch.Tensor) -> torch.Tensor:
         mean = torch.as_tensor(self.cond_mean, dtype=gains.dtype, device=gains.device)
         std = torch.as_tensor(self.cond_std, dtype=gains.dtype, device=gains.device)
@@ -251,6 +261,14 @@ class MLPAllocator:
     @property
     def m(self) -> int:
         return self.net.m
+
+    @property
+    def module(self) -> nn.Module:
+        """The network that learns."""
+        return self.net
+
+    def weights_changed(self) -> None:
+        """Nothing is derived from the weights: the network is used as it is."""
 
     def backend_for(self, backend: str = "auto") -> tuple[str, str]:
         return "torch", "the MLP baseline runs in PyTorch"

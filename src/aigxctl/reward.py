@@ -151,7 +151,7 @@ def train_reward(
             actor_opt.step()
         done = step + 1
         if done % cfg.val_every == 0 or done == cfg.steps:
-            model._fused, model._fused_reason = None, None  # weights changed: repack
+            model.weights_changed()
             model.denoiser.eval()
             rate = float(core.sum_rate(val, model.allocate(val, seed=1), scen.noise).mean())
             model.denoiser.train()

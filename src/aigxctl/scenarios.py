@@ -368,7 +368,7 @@ def _group(raw: Any, where: str, err: Callable[[str, str], UserError]) -> Group:
 
 
 def builtin() -> dict[str, Scenario]:
-    """The paper's two phases (DESIGN.md section 1), P = 0.2, sigma^2 = 1."""
+    """The paper's two phases (docs/architecture.md, "The problem"), P = 0.2, sigma^2 = 1."""
     return {
         "t1": Scenario(
             name="t1",

@@ -203,17 +203,12 @@ def _new_model(cfg: TrainConfig, m: int, mean: np.ndarray, std: np.ndarray, prov
     )
 
 
-def _module(model: Any) -> torch.nn.Module:
-    return model.denoiser if isinstance(model, GDM) else model.net
-
-
 def validate(model: Any, gains: np.ndarray, noise: float) -> float:
     """Fraction of the water-filling optimum's mean sum rate the model reaches on ``gains``."""
-    if isinstance(model, GDM):
-        model._fused, model._fused_reason = None, None  # weights changed: repack
-    _module(model).eval()
+    model.weights_changed()
+    model.module.eval()
     power = model.allocate(gains, seed=1234)
-    _module(model).train()
+    model.module.train()
     return metrics.mean_rate(gains, power, noise) / metrics.optimum_rate(
         gains, model.total_power, noise
     )
@@ -392,7 +387,7 @@ def _loop(
         tr = gains[train_idx]
         model = _new_model(cfg, m, tr.mean(axis=0), tr.std(axis=0) + 1e-8, prov)
     model.total_power, model.noise = prov["total_power"], prov["noise"]
-    module = _module(model).to(device)
+    module = model.module.to(device)
     module.train()
     net: torch.nn.Module = module
     if world > 1:
@@ -549,7 +544,7 @@ class _Saver:
         resume = resume_info = None
         if interrupted:
             resume, resume_info = _optimizer_state(self.opt, self.gen), {"step": step}
-        module = _module(self.model)
+        module = self.model.module
         was = module.training
         module.eval()
         try:
