@@ -29,6 +29,7 @@ from aigxctl.diffusion import PREDICTIONS, SCHEDULES, Schedule
 from aigxctl.errors import UserError
 from aigxctl.model import GDM, MAX_BEST_OF, Denoiser, MLPAllocator, Regressor
 from aigxctl.scenarios import MAX_CHANNELS
+from aigxctl.settings import MAX_DENOISE_STEPS, MAX_HIDDEN, MAX_T_DIM
 
 __all__ = [
     "FORMAT",
@@ -62,9 +63,6 @@ LAYOUT: outputs.Layout = {
 # before it allocates anything.
 MAX_CONFIG_BYTES = 16 << 20
 MAX_WEIGHTS_BYTES = 4 << 30
-MAX_HIDDEN = 16_384
-MAX_T_DIM = 1024
-MAX_DENOISE_STEPS = 1000
 
 
 class CheckpointWriteError(UserError):

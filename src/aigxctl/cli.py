@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from aigxctl import __version__, report, signals
+from aigxctl import __version__, report, settings, signals
 from aigxctl.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -446,173 +446,103 @@ def collect(
     )
 
 
+def option(
+    cls: type, name: str, *decls: str, default: str | bool | None = None, **kwargs: Any
+) -> Any:
+    """A Typer option whose help text comes from the settings field ``cls.name`` (one source
+    for the library and the CLI); a boolean is a plain flag. ``default``: the default to show
+    (True: the field's) for an option the CLI leaves at None, so the route applies its own."""
+    from rich.markup import escape
+
+    info = settings.describe(cls, name)
+    text = info["help"]
+    if isinstance(info["default"], bool):
+        kwargs.setdefault("metavar", "")
+    elif default is not None:
+        value = info["default"] if default is True else default
+        text += f" [default: {value:g}]" if isinstance(value, float) else f" [default: {value}]"
+    return typer.Option(*(decls or ("--" + name.replace("_", "-"),)), help=escape(text),
+                        **kwargs)  # fmt: skip
+
+
+def choices(cls: type, name: str) -> Any:
+    """An Enum of the choices of the settings field ``cls.name``, so --help lists them."""
+    values = settings.describe(cls, name)["choices"]
+    return Enum(name.title().replace("_", ""), {v: v for v in values}, type=str)
+
+
+def _scenario_names(incomplete: str) -> list[str]:
+    from aigxctl import scenarios
+
+    return [name for name in scenarios.builtin() if name.startswith(incomplete)]
+
+
+_TC, _RC = settings.TrainConfig, settings.RewardConfig
+TrainMode = Enum("TrainMode", {"expert": "expert", "reward": "reward"}, type=str)
+Arch, Device, Pred, Schedule = (choices(_TC, n) for n in ("arch", "device", "pred", "schedule"))
+
+
 @app.command()
 @user_errors
 def train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
-    datasets: Annotated[
-        list[Path] | None,
-        typer.Option("--data", "-d", help="Dataset(s) from [bold]aigxctl collect[/] (repeatable)."),
-    ] = None,
+    out: Annotated[Path, option(_TC, "out", "--out", "-o")],
+    datasets: Annotated[list[Path] | None, option(_TC, "data", "--data", "-d",
+                                                   metavar="FILE")] = None,
     mode: Annotated[
-        str,
+        TrainMode,
         typer.Option(
             "--mode",
             help="expert: learn the water-filling labels in --data; reward: learn from the sum "
-            "rate alone through a learned double critic, on draws of --scenario.",
+            "rate alone through a learned double critic, on fresh draws of --scenario.",
         ),
-    ] = "expert",
-    scenario: Annotated[
-        str | None, typer.Option("--scenario", "-s", help="With --mode reward: where to draw.")
-    ] = None,
-    arch: Annotated[str, typer.Option("--arch", help="gdm (diffusion) or mlp (baseline).")] = "gdm",
-    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 3000,
-    batch: Annotated[
-        int | None,
-        typer.Option("--batch", help="Batch size (all processes). Default: 512; reward: 256."),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr", help="Peak learning rate (AdamW). Default: 2e-3, cosine decay; reward: 1e-3."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    init: Annotated[
-        Path | None, typer.Option("--init", help="Fine-tune from this model (the T3 retraining).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the interrupted run saved in --out.")
-    ] = False,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Replace the model checkpoint already in --out (never a directory holding "
-            "other files).",
-        ),
-    ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    nproc: Annotated[int, typer.Option("--nproc", help="Data-parallel processes (DDP).")] = 1,
-    pred: Annotated[str, typer.Option("--pred", help="x0 or eps prediction.")] = "x0",
-    rate_weight: Annotated[
-        float,
-        typer.Option(
-            "--rate-weight", help="Weight of the sum-rate regret beside the MSE (0 = MSE only)."
-        ),
-    ] = 0.01,
-    schedule: Annotated[str, typer.Option("--schedule", help="vp, linear or cosine.")] = "vp",
-    denoise_steps: Annotated[int, typer.Option("--denoise-steps", help="T.")] = 6,
-    hidden: Annotated[int, typer.Option("--hidden", help="Hidden width.")] = 256,
-    val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps.")] = 250,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard.")] = (
-        False
-    ),
+    ] = TrainMode.expert,
+    scenario: Annotated[str | None, option(_RC, "scenario", "--scenario", "-s",
+                                           autocompletion=_scenario_names)] = None,
+    arch: Annotated[Arch | None, option(_TC, "arch", default=True)] = None,
+    steps: Annotated[int, option(_TC, "steps")] = _TC.steps,
+    batch: Annotated[int | None, option(_TC, "batch", default=f"{_TC.batch}; with --mode "
+                                        f"reward {_RC.batch}")] = None,
+    lr: Annotated[float | None, option(_TC, "lr", default=f"{_TC.lr:g}; with --mode "
+                                       f"reward {_RC.lr:g}")] = None,
+    seed: Annotated[int, option(_TC, "seed")] = _TC.seed,
+    init: Annotated[Path | None, option(_TC, "init")] = None,
+    resume: Annotated[bool, option(_TC, "resume")] = False,
+    force: Annotated[bool, option(_TC, "force")] = False,
+    device: Annotated[Device | None, option(_TC, "device", default=True)] = None,
+    nproc: Annotated[int | None, option(_TC, "nproc", default=True)] = None,
+    pred: Annotated[Pred | None, option(_TC, "pred", default=True)] = None,
+    rate_weight: Annotated[float | None, option(_TC, "rate_weight", default=True)] = None,
+    schedule: Annotated[Schedule | None, option(_TC, "schedule", default=True)] = None,
+    denoise_steps: Annotated[int, option(_TC, "denoise_steps")] = _TC.denoise_steps,
+    hidden: Annotated[int, option(_TC, "hidden")] = _TC.hidden,
+    val_every: Annotated[int, option(_TC, "val_every")] = _TC.val_every,
+    tensorboard: Annotated[bool, option(_TC, "tensorboard")] = False,
 ) -> None:
-    """Train the diffusion model (or the MLP baseline) on expert-labelled datasets."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    """Train the diffusion model (or the MLP baseline) on expert-labelled datasets, or from the
+    sum rate alone ([bold]--mode reward[/])."""
+    from aigxctl import train as training
 
-    from aigxctl import signals
-    from aigxctl.train import TrainConfig, TrainingInterrupted
-    from aigxctl.train import train as run_train
-
-    if mode not in ("expert", "reward"):
-        raise UserError(f"--mode must be expert or reward, got {mode!r}")
-    if mode == "reward":
-        if scenario is None or datasets:
-            raise UserError("--mode reward takes --scenario NAME (and no --data)")
-        if arch != "gdm" or nproc != 1 or resume:
-            raise UserError(
-                "--mode reward trains a gdm in one process (no --arch/--nproc/--resume)"
-            )
-    elif scenario is not None:
-        raise UserError("--scenario is for --mode reward; expert training reads --data")
-    cfg = TrainConfig(
-        data=[str(d) for d in datasets or []],
-        out=str(out),
-        arch=arch,
-        steps=steps,
-        batch=TrainConfig.batch if batch is None else batch,
-        lr=TrainConfig.lr if lr is None else lr,
-        seed=seed,
-        init=str(init) if init else None,
-        resume=resume,
-        force=force,
-        device=device,
-        nproc=nproc,
-        pred=pred,
-        rate_weight=rate_weight,
-        schedule=schedule,
-        denoise_steps=denoise_steps,
-        hidden=hidden,
-        val_every=val_every,
-        tensorboard=tensorboard,
-    )
-    # Drawn from the first step on, so an option or input error is the only line printed.
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        "{task.fields[status]}",
-        console=report.err,
-        transient=False,
-    )
-    task = bar.add_task(f"train {arch}", total=steps, status="")
-
-    def progress(step: int, m: dict[str, float]) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        status = f"loss {m['loss']:.2e}"
-        if "val_fraction" in m:
-            status += f"  val {m['val_fraction']:.2%} of optimum"
-        bar.update(task, completed=step, status=status)
-
-    try:
-        if mode == "reward":
-            from aigxctl.reward import RewardConfig, train_reward
-
-            result = train_reward(
-                RewardConfig(
-                    scenario=scenario,
-                    out=str(out),
-                    steps=steps,
-                    lr=RewardConfig.lr if lr is None else lr,
-                    batch=RewardConfig.batch if batch is None else batch,
-                    seed=seed,
-                    hidden=hidden,
-                    denoise_steps=denoise_steps,
-                    val_every=val_every,
-                    init=str(init) if init else None,
-                    force=force,
-                ),
-                progress,
-            )
-        else:
-            result = run_train(cfg, progress)
-    except TrainingInterrupted as exc:
-        bar.stop()
-        how = f"interrupted by {signals.signal_name(exc)} at step {exc.step} of {exc.steps}"
-        if exc.checkpoint is None:
-            report.error(f"{how}; nothing was written to {out}")
-        else:
-            report.error(
-                f"{how}; a resumable checkpoint is in {out}: continue with the same "
-                "command and --resume"
-            )
-        raise typer.Exit(signals.exit_code(exc)) from None
-    except KeyboardInterrupt as exc:
-        bar.stop()  # reward training writes its checkpoint only at the end
-        report.error(
-            f"interrupted by {signals.signal_name(exc)}; nothing was written to {out}"
-        )
-        raise typer.Exit(signals.exit_code(exc)) from None
-    finally:
-        bar.stop()
+    options = {
+        "out": str(out), "data": [str(d) for d in datasets or []], "scenario": scenario,
+        "arch": arch, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
+        "init": str(init) if init else None, "resume": resume, "force": force,
+        "device": device, "nproc": nproc, "pred": pred, "rate_weight": rate_weight,
+        "schedule": schedule, "denoise_steps": denoise_steps, "hidden": hidden,
+        "val_every": val_every, "tensorboard": tensorboard,
+    }  # fmt: skip
+    options = {k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
+    what = f"train {options['arch'] or _TC.arch}"
+    with report.StepProgress(what, steps) as bar:
+        try:
+            result = training.run(mode.value, bar.update, **options)
+        except KeyboardInterrupt as exc:
+            bar.stop()
+            report.error(training.interrupted_message(exc, out))
+            raise typer.Exit(signals.exit_code(exc)) from None
     frac = result.get("val_fraction")
     report.err.print(
-        f"[green]✓[/] {arch} -> {out}: {result['step']} steps on {result['samples']:,} samples in "
-        f"{result['seconds']:.1f} s"
+        f"[green]✓[/] {what} -> {out}: {result['step']} steps on {result['samples']:,} samples "
+        f"in {result['seconds']:.1f} s"
         + (f", validation [bold]{frac:.2%}[/] of the optimum" if frac is not None else "")
     )
 

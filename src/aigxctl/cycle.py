@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from aigxctl import data, metrics, outputs, plot, scenarios
-from aigxctl.checkpoint import MAX_HIDDEN, load_model
+from aigxctl.checkpoint import load_model
 from aigxctl.errors import UserError
 from aigxctl.evaluate import evaluate
 from aigxctl.files import atomic_write_text
 from aigxctl.reward import RewardConfig, train_reward
-from aigxctl.train import MAX_STEPS, TrainConfig, train
+from aigxctl.settings import MAX_HIDDEN, MAX_STEPS
+from aigxctl.train import TrainConfig, train
 
 __all__ = ["PAPER", "CycleConfig", "load_config", "run_cycle"]
 

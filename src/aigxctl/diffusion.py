@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aigxctl.settings import PREDICTIONS, SAMPLING_MODES, SCHEDULES
+
 __all__ = [
     "MODES",
     "PREDICTIONS",
@@ -24,9 +26,7 @@ __all__ = [
     "sample_reference",
 ]
 
-SCHEDULES = ("vp", "linear", "cosine")
-PREDICTIONS = ("x0", "eps")
-MODES = ("ddim", "ancestral")
+MODES = SAMPLING_MODES
 
 
 def make_betas(kind: str, steps: int) -> np.ndarray:

@@ -3,6 +3,7 @@ stays pipeable), one-line errors, and the tables the commands print."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ from rich.table import Table
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-__all__ = ["err", "error", "out", "table"]
+__all__ = ["StepProgress", "duration", "err", "error", "out", "table"]
 
 
 def error(message: str) -> None:
@@ -41,3 +42,89 @@ def key_values(title: str, items: Mapping[str, Any]) -> Table:
     for k, v in items.items():
         t.add_row(k, str(v))
     return t
+
+
+def duration(seconds: float) -> str:
+    """A wall time for people: 8 s, 2 min 05 s, 1 h 04 min."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def status_text(metrics: Mapping[str, Any]) -> str:
+    """The training figures worth showing beside a step count."""
+    parts = []
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.2e}")
+    if "val_fraction" in metrics:
+        parts.append(f"val {metrics['val_fraction']:.2%} of optimum")
+    return "  ".join(parts)
+
+
+class StepProgress:
+    """Progress of a long job for a person: on a terminal, a Rich bar with the elapsed time and
+    the ETA; elsewhere (a CI log, nohup, a scheduler) a plain line every ``every`` seconds and at
+    the end, so a log shows the job is alive; nothing when ``quiet``. Drawn from the first
+    update on, so an early error is the only thing printed."""
+
+    def __init__(self, what: str, total: int, *, every: float = 10.0, quiet: bool = False,
+                 console: Console | None = None) -> None:  # fmt: skip
+        self.what, self.total, self.every, self.quiet = what, max(1, total), every, quiet
+        self.console = console or err
+        self.start = time.monotonic()
+        self.last_line = self.start
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def line(self, done: int, status: str = "") -> str:
+        """The plain progress line: what, step k/n (%), elapsed, ETA, status."""
+        elapsed = time.monotonic() - self.start
+        text = (f"{self.what}: {done:,}/{self.total:,} ({done / self.total:.0%}), "
+                f"{duration(elapsed)} elapsed")  # fmt: skip
+        if 0 < done < self.total:
+            text += f", ETA {duration(elapsed / done * (self.total - done))}"
+        return text + (f", {status}" if status else "")
+
+    def update(self, done: int, metrics: Mapping[str, Any] | None = None) -> None:
+        if self.quiet:
+            return
+        status = status_text(metrics or {})
+        if self.console.is_terminal:
+            self._draw(done, status)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= self.every or done >= self.total:
+            self.last_line = now
+            self.console.print(self.line(done, status), markup=False, highlight=False,
+                               soft_wrap=True)  # fmt: skip
+
+    def _draw(self, done: int, status: str) -> None:
+        if self.bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), "ETA",
+                                TimeRemainingColumn(), "{task.fields[status]}",
+                                console=self.console)  # fmt: skip
+            self.task = self.bar.add_task(self.what, total=self.total, status="")
+            self.bar.start()
+        self.bar.update(self.task, completed=done, status=status)

@@ -11,10 +11,8 @@ denoising steps, climbs min(Q1, Q2). The water-filling optimum is used only to r
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,63 +21,13 @@ import torch
 from torch import nn
 
 from aigxctl import core, metrics, scenarios
-from aigxctl.checkpoint import MAX_DENOISE_STEPS, MAX_HIDDEN, claim, load_model, save_model
+from aigxctl.checkpoint import claim, load_model, save_model
 from aigxctl.diffusion import Schedule, reverse_process, to_allocation
 from aigxctl.errors import UserError
 from aigxctl.model import GDM, Denoiser
-from aigxctl.train import MAX_BATCH, MAX_STEPS
+from aigxctl.settings import RewardConfig
 
 __all__ = ["RewardConfig", "train_reward"]
-
-
-@dataclass
-class RewardConfig:
-    """Settings of ``aigxctl train --mode reward``."""
-
-    scenario: str
-    out: str
-    steps: int = 3000
-    batch: int = 256
-    lr: float = 1e-3
-    critic_lr: float = 2e-3
-    hidden: int = 256
-    denoise_steps: int = 6
-    exploration: float = 0.05  # std of the noise added to the fraction the critics see
-    seed: int = 0
-    val_every: int = 250
-    val_samples: int = 2000
-    # Fine-tune this GDM checkpoint (the T3 retraining without an expert); its size, schedule
-    # and condition normalisation are kept.
-    init: str | None = None
-    # Steps in which only the critics learn. Fresh critics next to a trained policy give it
-    # meaningless gradients, so fine-tuning lets them catch up first. None: min(200, steps / 5)
-    # with ``init``, 0 without.
-    critic_warmup: int | None = None
-    force: bool = False  # replace a previous checkpoint at `out`
-
-    def check(self) -> None:
-        for name, high in (("steps", MAX_STEPS), ("batch", MAX_BATCH), ("hidden", MAX_HIDDEN),
-                           ("denoise_steps", MAX_DENOISE_STEPS), ("val_every", MAX_STEPS),
-                           ("val_samples", MAX_BATCH)):  # fmt: skip
-            if not 1 <= getattr(self, name) <= high:
-                raise UserError(f"--{name.replace('_', '-')} must be in [1, {high:,}], got "
-                                f"{getattr(self, name)}")  # fmt: skip
-        if self.critic_warmup is not None and not 0 <= self.critic_warmup < self.steps:
-            raise UserError(
-                f"critic_warmup must be in [0, steps = {self.steps}), got {self.critic_warmup}"
-            )
-        for name, value in (("--lr", self.lr), ("critic_lr", self.critic_lr)):
-            if not (value > 0 and math.isfinite(value)):
-                raise UserError(f"{name} must be a finite number > 0, got {value}")
-        if not (self.exploration >= 0 and math.isfinite(self.exploration)):
-            raise UserError(f"exploration must be a finite number >= 0, got {self.exploration}")
-
-    @property
-    def warmup_steps(self) -> int:
-        """The critic warm-up actually used (see ``critic_warmup``)."""
-        if self.critic_warmup is not None:
-            return self.critic_warmup
-        return min(200, self.steps // 5) if self.init else 0
 
 
 class Critic(nn.Module):

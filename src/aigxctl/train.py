@@ -9,7 +9,6 @@ alone validates, logs and writes. Ctrl-C saves a resumable checkpoint before exi
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,83 +26,21 @@ import numpy as np
 import torch
 
 from aigxctl import checkpoint, data, metrics, outputs, signals
-from aigxctl.checkpoint import MAX_DENOISE_STEPS, MAX_HIDDEN, load_model, save_model
-from aigxctl.diffusion import PREDICTIONS, SCHEDULES, Schedule, loss, rate_regret
+from aigxctl.checkpoint import load_model, save_model
+from aigxctl.diffusion import Schedule, loss, rate_regret
 from aigxctl.errors import UserError
 from aigxctl.model import GDM, Denoiser, MLPAllocator, Regressor
+from aigxctl.settings import RunSettings, TrainConfig
 
-__all__ = ["TrainConfig", "TrainingInterrupted", "train"]
+__all__ = [
+    "RunSettings",
+    "TrainConfig",
+    "TrainingInterrupted",
+    "interrupted_message",
+    "run",
+    "train",
+]
 
-# Upper bounds on the sizes a run may ask for, so a typo fails at once instead of exhausting
-# memory (a batch) or running for ever (steps).
-MAX_STEPS = 100_000_000
-MAX_BATCH = 1 << 20
-MAX_NPROC = 256
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``aigxctl train`` takes. Defaults reach >= 99.5 % of the optimum on T1 from
-    50k samples in about a minute on two CPU cores (see the README)."""
-
-    data: list[str]
-    out: str
-    arch: str = "gdm"
-    steps: int = 3000
-    batch: int = 512
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    hidden: int = 256
-    denoise_steps: int = 6
-    schedule: str = "vp"
-    pred: str = "x0"
-    # Weight of the sum-rate regret next to the MSE (diffusion.rate_regret); 0 = MSE alone, as
-    # in the paper. 0.01 took T1 from 99.65 % to 99.87 % of the optimum at 3000 steps; 0.1 was
-    # worse than none (98.9 %): the regret's L1-like pull then drowns the regression.
-    rate_weight: float = 0.01
-    init: str | None = None
-    resume: bool = False
-    force: bool = False  # replace a previous checkpoint at `out`
-    device: str = "auto"
-    nproc: int = 1
-    val_every: int = 250
-    val_samples: int = 2000
-    tensorboard: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        if not self.data:
-            raise UserError("--data: give at least one dataset (.npz from 'aigxctl collect')")
-        for name, value, low, high in (
-            ("--steps", self.steps, 1, MAX_STEPS), ("--batch", self.batch, 1, MAX_BATCH),
-            ("--nproc", self.nproc, 1, MAX_NPROC), ("--hidden", self.hidden, 2, MAX_HIDDEN),
-            ("--denoise-steps", self.denoise_steps, 1, MAX_DENOISE_STEPS),
-            ("--val-every", self.val_every, 1, MAX_STEPS),
-            ("val_samples", self.val_samples, 1, MAX_BATCH),
-        ):  # fmt: skip
-            if not low <= value <= high:
-                raise UserError(f"{name} must be in [{low}, {high:,}], got {value}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a finite number > 0, got {self.lr}")
-        if not (self.rate_weight >= 0 and math.isfinite(self.rate_weight)):
-            raise UserError(f"--rate-weight must be a finite number >= 0, got {self.rate_weight}")
-        if self.arch not in ("gdm", "mlp"):
-            raise UserError(f"--arch must be gdm or mlp, got {self.arch!r}")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}")
-        if self.pred not in PREDICTIONS:
-            raise UserError(f"--pred must be one of {', '.join(PREDICTIONS)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available to PyTorch")
-        if self.resume and self.init:
-            raise UserError("--resume and --init exclude each other")
-        if self.resume and self.force:
-            raise UserError("--resume continues the checkpoint that --force would replace")
-        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 Progress = Callable[[int, dict[str, float]], None]
@@ -237,6 +174,41 @@ class TrainingInterrupted(signals.Interrupted):
     def __init__(self, signum: int, checkpoint: Path | None, step: int, steps: int) -> None:
         super().__init__(signum)
         self.checkpoint, self.step, self.steps = checkpoint, step, steps
+
+
+def interrupted_message(exc: KeyboardInterrupt, out: str | Path) -> str:
+    """One line saying how a training run was interrupted and whether it can be resumed."""
+    how = f"interrupted by {signals.signal_name(exc)}"
+    if isinstance(exc, TrainingInterrupted):
+        how += f" at step {exc.step} of {exc.steps}"
+        if exc.checkpoint is not None:
+            return (f"{how}; a resumable checkpoint is in {out}: continue with the same command "
+                    "and --resume")  # fmt: skip
+    return f"{how}; nothing was written to {out}"
+
+
+def run(mode: str = "expert", progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """``aigxctl train``: the expert route (:class:`TrainConfig`, from labelled datasets) or the
+    reward route (:class:`aigxctl.reward.RewardConfig`, from the sum rate alone), with the
+    options given; None (or False, or an empty list) means "the route's default". An option
+    the route does not take is an error, not silently ignored."""
+    from aigxctl.reward import RewardConfig, train_reward
+
+    routes: dict[str, tuple[type, Callable[..., dict[str, Any]]]] = {
+        "expert": (TrainConfig, train), "reward": (RewardConfig, train_reward)}  # fmt: skip
+    if mode not in routes:
+        raise UserError(f"--mode must be {' or '.join(routes)}, got {mode!r}")
+    cls, route = routes[mode]
+    given = {k: v for k, v in options.items() if v not in (None, False, [], ())}
+    for key in given:
+        if key not in {f.name for f in fields(cls)}:
+            other = [m for m, (c, _) in routes.items() if key in {f.name for f in fields(c)}]
+            raise UserError(f"--{key.replace('_', '-')} does not apply to --mode {mode}"
+                            + (f" (it is for --mode {other[0]})" if other else ""))  # fmt: skip
+    for f in fields(cls):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in given:
+            raise UserError(f"--mode {mode} needs --{f.name.replace('_', '-')}")
+    return route(cls(**given), progress)
 
 
 def train(cfg: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
