@@ -1,11 +1,12 @@
 """The fused sampler's building blocks in the compiled core: the step update (shared by the CPU
-and CUDA samplers and exposed as a single-step op), the Philox normals the GPU draws, and the
-step constants computed from a schedule."""
+and CUDA samplers and exposed as a single-step op), the Philox normals the GPU draws, the step
+constants computed from a schedule, and the final map from a sample to an allocation."""
 
 import numpy as np
 import pytest
 
 from aigxctl import core, fused
+from aigxctl.diffusion import STEP_CONSTANTS, Schedule, to_allocation
 
 BETAS = 1.0 - np.exp(-0.1 / 6 - 0.5 * 9.9 * (2 * np.arange(1, 7) - 1) / 36)  # VP, T = 6
 
@@ -41,6 +42,63 @@ def test_step_constants_last_step_adds_no_noise():
     assert c.shape == (6, 9) and c.dtype == np.float32
     assert c[0, 4] == 0.0  # sigma at i = 0
     assert np.all(c[1:, 4] > 0)
+
+
+def test_step_constants_are_the_schedules_own():
+    schedule = Schedule.create("cosine", 8)
+    table = schedule.step_constants()
+    np.testing.assert_array_equal(table, fused.step_constants(schedule.betas))
+    for j, name in enumerate(STEP_CONSTANTS):
+        if name == "inv_sqrt_1m_abar":  # the table's alone: the reference divides instead
+            continue
+        column = getattr(schedule, name).numpy().copy()
+        if name == "sigma":
+            column[0] = 0.0
+        np.testing.assert_array_equal(table[:, j], column)
+
+
+def identity_sampler(m: int) -> fused.FusedSampler:
+    """One DDIM step that returns its start sample unchanged, so sampling gives the core's
+    allocation map of the given noise: all weights 0 (the network predicts x0 = 0), and
+    sqrt_abar_prev = 0, inv_sqrt_1m_abar = sqrt_1m_abar_prev = 1 make the update x <- x."""
+    hidden = 16
+    layout = core.pack_layout(m, hidden, 1)
+    pack = np.zeros(layout["total"], dtype=np.float32)
+    pack[layout["cond_std"] : layout["cond_std"] + m] = 1.0
+    for name in ("inv_sqrt_1m_abar", "sqrt_1m_abar_prev"):
+        pack[layout["consts"] + STEP_CONSTANTS.index(name)] = 1.0
+    return fused.FusedSampler(pack=pack, m=m, hidden=hidden, steps=1, pred="x0")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_core_allocation_map_is_to_allocation(device):
+    # csrc/denoise.h's to_allocation (the fused samplers' last step) against the one Python
+    # definition of p = P |x| / sum |x|, on rows of zeros, negatives, a NaN and subnormals.
+    m, rows = 13, 64
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((rows, m)).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = 0.0
+    x[0] = 0.0
+    x[1] = -0.0
+    x[2] = -np.abs(x[2])
+    x[3] = 0.0
+    x[3, 4] = -0.5
+    x[4, 7] = np.nan
+    x[5] = 1e-40  # subnormal in float32; the core sums in double
+    noise = np.stack([x, np.zeros_like(x)])  # [T + 1, B, M]: the start sample, then no noise
+    gains = np.ones((rows, m))
+    sampler = identity_sampler(m)
+    if device == "cuda":
+        import torch
+
+        gains, noise = torch.as_tensor(gains, device="cuda"), torch.as_tensor(noise, device="cuda")
+    for total_power in (0.2, rng.uniform(0.1, 5.0, rows)):
+        got = sampler.sample(gains, total_power, mode="ddim", noise=noise)
+        got = got.cpu().numpy() if device == "cuda" else got
+        expected = to_allocation(x.astype(np.float64), total_power)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+        equal = np.broadcast_to(total_power, (rows,))[[0, 1, 4], None] / m
+        np.testing.assert_allclose(got[[0, 1, 4]], np.broadcast_to(equal, (3, m)), rtol=1e-6)
 
 
 def test_philox_normals_are_standard_normal_and_reproducible():

@@ -77,7 +77,8 @@ def _root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+            "--version", callback=_version, is_eager=True, help="Show the version and exit.",
+            metavar="",
         ),
     ] = False,
 ) -> None:
@@ -120,6 +121,7 @@ class SampleMode(str, Enum):
 
 
 MODEL_HELP = "A trained model directory (from [bold]aigxctl train[/])."
+QUIET_HELP = "No progress display (a bar on a terminal, a line every 10 s otherwise)."
 
 
 class OutputFormat(str, Enum):
@@ -309,10 +311,10 @@ def scenarios_show(
     ] = 20000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the estimate's draws.")] = 0,
     toml: Annotated[
-        bool, typer.Option("--toml", help="Print the scenario as a TOML file to edit.")
+        bool, typer.Option("--toml", help="Print the scenario as a TOML file to edit.", metavar="")
     ] = False,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a table.")
+        bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
 ) -> None:
     """Show a scenario and what there is to win: the optimum's mean sum rate vs equal split."""
@@ -379,7 +381,9 @@ def collect(
             show_default=False,
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing file.", metavar="")
+    ] = False,
 ) -> None:
     """Draw gain vectors from a scenario and label them with the exact water-filling optimum.
 
@@ -567,7 +571,7 @@ def evaluate(
     mode: Annotated[SampleMode | None, typer.Option("--mode", show_default=False)] = None,
     best_of: Annotated[int | None, typer.Option("--best-of", show_default=False)] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a table.")
+        bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
 ) -> None:
     """Mean sum rate of a model vs the optimum and baselines, % of optimum, gain over equal."""
@@ -633,7 +637,7 @@ def cycle(
         Path | None, typer.Option("--config", "-c", help="Cycle config TOML ([cycle] table).")
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Small sizes: a smoke test in about 20 s.")
+        bool, typer.Option("--quick", help="Small sizes: a smoke test in about 20 s.", metavar="")
     ] = False,
     force: Annotated[
         bool,
@@ -641,35 +645,35 @@ def cycle(
             "--force",
             help="Replace a previous cycle's results in --out (never a directory holding "
             "other files).",
+            metavar="",
         ),
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted cycle in --out from its last finished phase (same "
+            "config).",
+            metavar="",
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, metavar="")] = False,
 ) -> None:
     """Replay the virtuous cycle: T1 train, T2 rainstorm drift, T3 retrain, with baselines."""
-    from rich.live import Live
-
     from aigxctl.cycle import load_config, run_cycle
 
     cfg = load_config(config, quick=quick)
-    state = {"phase": "", "text": ""}
-
-    def display(phase: str, status: dict[str, Any]) -> None:
-        parts = [f"[bold]{phase}[/]", str(status.get("method", ""))]
-        if "step" in status:
-            parts.append(f"step {status['step']}/{status['steps']}")
-        if "loss" in status:
-            parts.append(f"loss {status['loss']:.2e}")
-        if "val_fraction" in status:
-            parts.append(f"{status['val_fraction']:.2%} of optimum")
-        state["text"] = "  ".join(parts)
-        live.update(state["text"])
-
-    with Live("starting", console=report.err, refresh_per_second=4, transient=True) as live:
-        result = run_cycle(cfg, out, display, force=force)
+    with report.StageStatus(quiet=quiet) as status:
+        result = run_cycle(cfg, out, status.update, force=force, resume=resume)
+    if result["run"]["skipped"]:
+        report.err.print(f"resumed: {', '.join(result['run']['skipped'])} were done already "
+                         "and not run again", markup=False)  # fmt: skip
     report.out.print(cycle_table(result))
     sac = result["sac"]
     if sac["status"] != "trained":
         report.err.print(f"SAC skipped: {sac['reason']}", markup=False)
-    report.err.print(f"[green]✓[/] report, metrics, checkpoints and cycle.png in {out}")
+    report.err.print(f"[green]✓[/] report, metrics, checkpoints and cycle.png in {out} "
+                     f"({report.duration(result['run']['wall_seconds'])})")  # fmt: skip
 
 
 def cycle_table(result: dict[str, Any]) -> Any:
@@ -735,7 +739,7 @@ def info(
 @user_errors
 def bench_waterfill(
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a table.")
+        bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
     batches: Annotated[
         str, typer.Option("--batches", help="Comma-separated batch sizes B.")
@@ -759,12 +763,12 @@ def bench_waterfill(
 @user_errors
 def bench_sample(
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a table.")
+        bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
     batches: Annotated[str, typer.Option("--batches", help="Comma-separated B.")] = "1,64,4096",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats (median).")] = 5,
     no_compile: Annotated[
-        bool, typer.Option("--no-compile", help="Skip the torch.compile baseline.")
+        bool, typer.Option("--no-compile", help="Skip the torch.compile baseline.", metavar="")
     ] = False,
     model: Annotated[
         Path | None,
@@ -796,7 +800,7 @@ def bench_sample(
 @user_errors
 def bench_collect(
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print JSON instead of a table.")
+        bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
     samples: Annotated[int, typer.Option("--samples", "-n", help="Gain vectors N.")] = 1_000_000,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats (median).")] = 3,

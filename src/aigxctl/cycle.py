@@ -8,8 +8,9 @@ evaluate.evaluate, the SAC baseline); this module orders them, records the curve
 
 from __future__ import annotations
 
+import datetime
 import json
-import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,17 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from aigxctl import data, metrics, outputs, plot, scenarios
+from aigxctl import data, metrics, outputs, plot, scenarios, settings
 from aigxctl.checkpoint import load_model
 from aigxctl.errors import UserError
 from aigxctl.evaluate import evaluate
 from aigxctl.files import atomic_write_text
 from aigxctl.reward import RewardConfig, train_reward
-from aigxctl.settings import MAX_HIDDEN, MAX_STEPS
+from aigxctl.settings import MAX_HIDDEN, MAX_STEPS, setting
 from aigxctl.train import TrainConfig, train
 
 __all__ = ["PAPER", "CycleConfig", "load_config", "run_cycle"]
 
+RETRAIN = ("finetune", "combined", "both")
 # The paper's headline gains over equal allocation (IEEE Network 2024 case study).
 PAPER = {"T1": {"gdm": 0.188}, "T3": {"gdm": 0.151, "sac": 0.089}}
 
@@ -37,35 +39,37 @@ PAPER = {"T1": {"gdm": 0.188}, "T3": {"gdm": 0.151, "sac": 0.089}}
 class CycleConfig:
     """The cycle's settings. Defaults replay the paper's cycle (M = 20, P = 0.2)."""
 
-    t1_scenario: str = "t1"
-    t2_scenario: str = "t2"
-    samples: int = 50_000  # expert-labelled samples collected in T1 and again in T2
-    t1_steps: int = 3000
-    t3_steps: int = 2500
-    t3_lr: float = 2e-3
-    # Weight of the sum-rate regret in the loss (TrainConfig.rate_weight), for the GDM and the
-    # MLP alike (expert training; with training = "reward", t3_lr and both weights are unused).
+    t1_scenario: str = setting("t1", "Scenario of T1 (good weather): a built-in name or a TOML "
+                               "file.")  # fmt: skip
+    t2_scenario: str = setting("t2", "Scenario of T2 (the rainstorm).")
+    samples: int = setting(50_000, "Expert-labelled samples collected in T1 and again in T2.",
+                           low=1)  # fmt: skip
+    t1_steps: int = setting(3000, "Training steps in T1.", low=1, high=MAX_STEPS)
+    t3_steps: int = setting(2500, "Retraining steps in T3.", low=1, high=MAX_STEPS)
+    t3_lr: float = setting(2e-3, "Peak learning rate of the T3 retraining.", above=0.0)
     # Fine-tuning starts from a model that already gets the regression right, so it can take a
-    # larger weight than training from scratch: on the paper's T2 data, 1500 steps from the T1
-    # weights reached 99.2 % of the optimum at weight 0.01 and lr 1e-3, 99.4 % at 0.01 and
-    # 2e-3, and 99.6 % at 0.1 and 2e-3 (measured).
-    rate_weight: float = 0.01
-    t3_rate_weight: float = 0.1
-    # finetune (T2 data, from the T1 weights) | combined (T1 + T2 data, from the T1 weights) |
-    # both (the two, reported side by side; the first is the phase's "gdm")
-    retrain: str = "finetune"
-    # How the GDM learns: "expert" regresses the water-filling labels of the collected data;
-    # "reward" learns from the sum rate alone through a learned double critic (aigxctl.reward),
-    # on fresh draws of the phase's scenario, t1_steps / t3_steps steps, with RewardConfig's
-    # learning rate; retrain must then be "finetune". The MLP always learns from the expert data.
-    training: str = "expert"
-    eval_samples: int = 5000
-    mlp: bool = True
-    sac: bool = True
-    sac_steps: int | None = None  # environment samples per phase; None = the GDM's sample count
-    seed: int = 0
-    hidden: int = 256
-    val_every: int = 250
+    # larger regret weight than training from scratch: on the paper's T2 data, 1500 steps from
+    # the T1 weights reached 99.2 % of the optimum at weight 0.01 and lr 1e-3, 99.4 % at 0.01
+    # and 2e-3, and 99.6 % at 0.1 and 2e-3 (measured).
+    rate_weight: float = setting(0.01, "Weight of the sum-rate regret in T1 (TrainConfig."
+                                 "rate_weight), for the GDM and the MLP.", low=0.0)  # fmt: skip
+    t3_rate_weight: float = setting(0.1, "The same in T3.", low=0.0)
+    retrain: str = setting("finetune", "finetune: T2 data from the T1 weights; combined: T1 + "
+                           "T2 data from the T1 weights; both: the two side by side (the first "
+                           "is the phase's gdm).", choices=RETRAIN)  # fmt: skip
+    training: str = setting("expert", "How the GDM learns: expert regresses the water-filling "
+                            "labels; reward learns from the sum rate alone (aigxctl.reward) on "
+                            "fresh draws, with RewardConfig's learning rate (retrain must then "
+                            "be finetune). The MLP always learns from the expert data.",
+                            choices=("expert", "reward"))  # fmt: skip
+    eval_samples: int = setting(5000, "Fresh draws each phase is evaluated on.", low=1)
+    mlp: bool = setting(True, "Train the MLP baseline too.")
+    sac: bool = setting(True, "Train the SAC baseline too (needs the rl extra).")
+    sac_steps: int | None = setting(None, "SAC's environment samples per phase (default: "
+                                    "samples).", low=1, high=MAX_STEPS)  # fmt: skip
+    seed: int = setting(0, "Seed of every draw and training run.", low=0)
+    hidden: int = setting(256, "Hidden width of the GDM and the MLP.", low=2, high=MAX_HIDDEN)
+    val_every: int = setting(250, "Validate every N training steps.", low=1, high=MAX_STEPS)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -84,27 +88,11 @@ class CycleConfig:
         )
 
     def check(self) -> None:
-        if self.retrain not in ("finetune", "combined", "both"):
-            raise UserError(f"retrain must be finetune, combined or both, got {self.retrain!r}")
-        if self.training not in ("expert", "reward"):
-            raise UserError(f"training must be expert or reward, got {self.training!r}")
+        settings.check(self, prefix="")
         if self.training == "reward" and self.retrain != "finetune":
             raise UserError(
                 'training = "reward" retrains by fine-tuning on T2 draws: set retrain = "finetune"'
             )
-        for key, high in (("samples", None), ("t1_steps", MAX_STEPS), ("t3_steps", MAX_STEPS),
-                          ("eval_samples", None), ("hidden", MAX_HIDDEN),
-                          ("val_every", MAX_STEPS), ("sac_steps", MAX_STEPS)):  # fmt: skip
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise UserError(f"{key} must be >= 1, got {value}")
-            if value is not None and high is not None and value > high:
-                raise UserError(f"{key} must be <= {high:,}, got {value}")
-        if not (self.t3_lr > 0 and math.isfinite(self.t3_lr)):
-            raise UserError(f"t3_lr must be a finite number > 0, got {self.t3_lr}")
-        for key in ("rate_weight", "t3_rate_weight"):
-            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
-                raise UserError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
 
 
 def load_config(path: str | Path | None, quick: bool = False) -> CycleConfig:
@@ -177,16 +165,24 @@ LAYOUT: outputs.Layout = {
     "metrics.jsonl": None,
     "cycle.png": None,
     "cycle.svg": None,
+    "state.json": None,
 }
 
 
 def run_cycle(
-    cfg: CycleConfig, out: str | Path, display: Display | None = None, *, force: bool = False
+    cfg: CycleConfig,
+    out: str | Path,
+    display: Display | None = None,
+    *,
+    force: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run T1 -> T2 -> T3 into ``out``; returns the report (also written as report.json).
 
     ``out`` must be new or empty, or (with ``force``) a previous cycle's run directory, whose
-    pieces are then replaced one by one; a directory holding anything else is refused.
+    pieces are then replaced one by one; a directory holding anything else is refused. With
+    ``resume`` the phases an interrupted run of the same config finished (``state.json``) are
+    not run again; the report's ``run.skipped`` lists them.
     """
     cfg.check()
     t1, t2 = scenarios.get(cfg.t1_scenario), scenarios.get(cfg.t2_scenario)
@@ -194,21 +190,31 @@ def run_cycle(
         raise UserError(f"the two scenarios have different M ({t1.m} and {t2.m})")
     for key in ("samples", "eval_samples"):  # held in memory for training and evaluation
         scenarios.check_draw_size(getattr(cfg, key), t1.m, key)
-    run = CycleRun(cfg, outputs.claim_dir(out, LAYOUT, force=force, what="cycle run"), display)
-    run.t1_good_weather(t1)
-    run.t2_rainstorm(t2)
-    run.t3_retrain()
+    if resume and force:
+        raise UserError("--resume continues the run that --force would replace")
+    path = outputs.claim_dir(out, LAYOUT, force=force, resume=resume, what="cycle run")
+    run = CycleRun(cfg, path, display)
+    finished = run.restore(t1, t2) if resume else set()
+    for name, phase in (("T1", lambda: run.t1_good_weather(t1)),
+                        ("T2", lambda: run.t2_rainstorm(t2)), ("T3", run.t3_retrain)):  # fmt: skip
+        if name in finished:
+            run.skipped.append(name)
+            continue
+        phase()
+        run.save_state(name)
     return run.write_report()
 
 
 class CycleRun:
     """One cycle in its run directory. The phases (the paper's Fig. 5) are its methods; they
-    share the models trained so far, the learning curve (``metrics.jsonl``), the training times
-    and the step at which the current phase starts on the figure's axis."""
+    share the models trained so far, the learning curve (``metrics.jsonl``), the training times,
+    the step at which the current phase starts on the figure's axis, and the stage counter the
+    progress display shows. After each phase ``state.json`` records what is done, so an
+    interrupted run resumes at the next phase."""
 
     def __init__(self, cfg: CycleConfig, out: Path, display: Display | None) -> None:
         self.cfg, self.out = cfg, out
-        self.show = display or (lambda _phase, _status: None)
+        self.show = display or (lambda _stage, _status: None)
         self.curve: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.offset = 0
@@ -216,6 +222,10 @@ class CycleRun:
         self.opt_rates: dict[str, float] = {}
         self.sac: Any = None
         self.sac_note: dict[str, Any] = {}
+        self.skipped: list[str] = []
+        self.started = time.time()
+        self.stages = _stages(cfg)
+        self.stage = 0
         for sub in ("data", "models"):
             (out / sub).mkdir(parents=True, exist_ok=True)
 
@@ -224,14 +234,11 @@ class CycleRun:
     def t1_good_weather(self, t1: scenarios.Scenario) -> None:
         """T1: collect expert-labelled data under good weather, train every method on it."""
         cfg = self.cfg
-        self.show("T1", {"method": "collect"})
-        self.d1 = self.collect(t1, "t1.npz", cfg.seed)
+        self.d1 = self.collect("T1", t1, "t1.npz", cfg.seed)
         gains = self.eval_gains("T1", t1, cfg.seed + 101)
         self.gdm1 = self.fit("t1_gdm", [self.d1], "gdm", "T1", cfg.t1_steps)
         self.mlp1 = self.fit("t1_mlp", [self.d1], "mlp", "T1", cfg.t1_steps) if cfg.mlp else None
-        self.sac, self.sac_note = _sac_start(cfg, t1, self.show)
-        if self.sac is not None:
-            self.sac.save(self.out / "models" / "t1_sac")
+        self.sac_train("T1", t1)
         methods = self.evaluate("T1", gains, self.gdm1, self.mlp1)
         self.phases.append({"name": "T1", "eval_scenario": t1.name,
                             "train_data": [str(self.d1)], "methods": methods})  # fmt: skip
@@ -242,15 +249,17 @@ class CycleRun:
         cfg = self.cfg
         self.t2 = t2
         self.g2 = self.eval_gains("T2", t2, cfg.seed + 202)
-        self.opt_rates["T3"] = self.opt_rates["T2"]
         methods = self.evaluate("T2", self.g2, self.gdm1, self.mlp1)
         band = max(1, cfg.t3_steps // 5)  # width of the T2 segment on the figure's step axis
-        for step in (self.offset, self.offset + band):
-            self.curve.append({"phase": "T2", "method": "gdm", "model": "t1_gdm", "step": step,
-                               "rate": methods["gdm"]["rate"]})  # fmt: skip
+        for name, m in methods.items():
+            if name in ("optimum", "equal", "random"):
+                continue
+            for step in (self.offset, self.offset + band):
+                self.curve.append({"phase": "T2", "method": name, "model": f"t1_{name}",
+                                   "step": step, "val_fraction": m["fraction_of_optimum"],
+                                   "rate": m["rate"]})  # fmt: skip
         self.offset += band
-        self.show("T2", {"method": "collect"})
-        self.d2 = self.collect(t2, "t2.npz", cfg.seed + 1)
+        self.d2 = self.collect("T2", t2, "t2.npz", cfg.seed + 1)
         self.phases.append({"name": "T2", "eval_scenario": t2.name, "models_from": "T1",
                             "methods": methods})  # fmt: skip
 
@@ -262,21 +271,15 @@ class CycleRun:
             gdm3 = self.fit("t3_gdm", [self.d2], "gdm", "T3", cfg.t3_steps, init=self.gdm1)
         if cfg.retrain in ("combined", "both"):
             # Drawn over the same steps as the fine-tuning, beside it.
-            start = self.offset
             combined = self.fit("t3_gdm_combined", [self.d1, self.d2], "gdm", "T3c",
                                 cfg.t3_steps, init=self.gdm1)  # fmt: skip
-            self.offset = start
             if cfg.retrain == "combined":
                 gdm3 = combined
             else:
                 extra["gdm_combined"] = combined
         mlp3 = (self.fit("t3_mlp", [self.d2], "mlp", "T3", cfg.t3_steps, init=self.mlp1)
                 if self.mlp1 else None)  # fmt: skip
-        self.sac = _sac_continue(self.sac, cfg, self.t2, self.show)
-        if self.sac is not None:
-            self.sac.save(self.out / "models" / "t3_sac")
-            # What SAC got, per phase: environment samples, wall seconds, training rate.
-            self.sac_note["history"] = self.sac.history
+        self.sac_train("T3", self.t2)
         methods = self.evaluate("T3", self.g2, gdm3, mlp3, extra)
         self.phases.append({"name": "T3", "eval_scenario": self.t2.name,
                             "train_data": [str(self.d2)], "retrain": cfg.retrain,
@@ -286,16 +289,71 @@ class CycleRun:
     def write_report(self) -> dict[str, Any]:
         """report.json, metrics.jsonl and the figure; returns the report."""
         report = {"phases": self.phases, "config": asdict(self.cfg), "paper": PAPER,
-                  "sac": self.sac_note, "train_seconds": self.timings}  # fmt: skip
+                  "sac": self.sac_note, "train_seconds": self.timings,
+                  "run": self._provenance()}  # fmt: skip
         atomic_write_text(self.out / "metrics.jsonl",
                           "".join(json.dumps(r) + "\n" for r in self.curve))  # fmt: skip
         atomic_write_text(self.out / "report.json", json.dumps(report, indent=2) + "\n")
         plot.cycle_figure(report, self.curve, self.out / "cycle.png", opt_rates=self.opt_rates)
         return report
 
+    # ---- resuming -----------------------------------------------------------------------------
+
+    def save_state(self, phase: str) -> None:
+        """Record that ``phase`` is done, with everything a resumed run needs to go on."""
+        done = [p["name"] for p in self.phases]
+        state = {"format": STATE_FORMAT, "config": asdict(self.cfg), "done": done,
+                 "phases": self.phases, "curve": self.curve, "timings": self.timings,
+                 "offset": self.offset, "opt_rates": self.opt_rates, "sac": self.sac_note,
+                 "seconds": time.time() - self.started}  # fmt: skip
+        atomic_write_text(self.out / STATE, json.dumps(state) + "\n")
+
+    def restore(self, t1: scenarios.Scenario, t2: scenarios.Scenario) -> set[str]:
+        """Load what an interrupted run of the same config finished; returns its phases."""
+        path = self.out / STATE
+        if not path.is_file():
+            return set()
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            done = set(state["done"])
+            if state.get("format") != STATE_FORMAT or not done <= {"T1", "T2", "T3"}:
+                raise ValueError
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            raise UserError(f"{path}: damaged; start the cycle over with --force") from None
+        if state["config"] != json.loads(json.dumps(asdict(self.cfg))):
+            changed = sorted(k for k, v in asdict(self.cfg).items()
+                             if state["config"].get(k) != v)  # fmt: skip
+            raise UserError(
+                f"--resume continues the cycle in {self.out}, which ran with other settings "
+                f"({', '.join(changed)}); use the same config, or start over with --force"
+            )
+        self.phases, self.curve, self.timings = state["phases"], state["curve"], state["timings"]
+        self.offset, self.opt_rates, self.sac_note = (state["offset"], state["opt_rates"],
+                                                      state["sac"])  # fmt: skip
+        self.started -= float(state.get("seconds", 0.0))
+        models, cfg = self.out / "models", self.cfg
+        self.d1, self.gdm1 = self.out / "data" / "t1.npz", models / "t1_gdm"
+        self.mlp1 = models / "t1_mlp" if cfg.mlp else None
+        if "T1" in done and "T3" not in done and self.sac_note.get("status") == "trained":
+            from aigxctl.baselines.sac import SACBaseline
+
+            self.sac = SACBaseline.load(models / "t1_sac", t1)
+        self.stage = sum(1 for s in self.stages if s[0] in done)
+        if "T2" in done:
+            self.t2, self.d2 = t2, self.out / "data" / "t2.npz"
+            self.g2 = scenarios.draw(t2, cfg.eval_samples, cfg.seed + 202)
+        return done
+
     # ---- the pieces the phases are made of ----------------------------------------------------
 
-    def collect(self, scenario: scenarios.Scenario, name: str, seed: int) -> Path:
+    def next_stage(self, phase: str, what: str) -> None:
+        """Move the progress display to the next stage of the cycle (k of n)."""
+        self.stage += 1
+        self.show(f"[{self.stage}/{len(self.stages)}] {phase} {what}", {"elapsed":
+                  time.time() - self.started})  # fmt: skip
+
+    def collect(self, phase: str, scenario: scenarios.Scenario, name: str, seed: int) -> Path:
+        self.next_stage(phase, f"collect {self.cfg.samples:,} samples of {scenario.name}")
         path = self.out / "data" / name
         data.collect_to_file(scenario, self.cfg.samples, seed, path, overwrite=True)
         return path
@@ -304,6 +362,8 @@ class CycleRun:
         """Fresh evaluation draws of the phase; remembers their optimum's mean sum rate."""
         gains = scenarios.draw(scenario, self.cfg.eval_samples, seed)
         self.opt_rates[phase] = metrics.optimum_rate(gains, scenario.total_power, scenario.noise)
+        if phase == "T2":
+            self.opt_rates["T3"] = self.opt_rates["T2"]  # T3 is evaluated on T2's draws
         return gains
 
     def fit(self, name: str, datasets: list[Path], arch: str, phase: str, steps: int,
@@ -316,15 +376,19 @@ class CycleRun:
             lr, rate_weight = TrainConfig.lr, cfg.rate_weight
         else:
             lr, rate_weight = cfg.t3_lr, cfg.t3_rate_weight
+        label = f"[{self.stage + 1}/{len(self.stages)}] {phase.rstrip('c')} train {name[3:]}"
+        self.next_stage(phase.rstrip("c"), f"train {name[3:]}")
 
         def progress(step: int, m: dict[str, float]) -> None:
             if ("val_fraction" in m and step % cfg.val_every == 0) or step == steps:
-                row = {"phase": phase, "method": arch, "model": name, "step": start + step,
-                       "loss": m["loss"]}  # fmt: skip
+                row = {"phase": phase, "method": arch, "model": name, "step": start + step}
+                if "loss" in m:
+                    row["loss"] = m["loss"]
                 if "val_fraction" in m:
                     row.update(val_fraction=m["val_fraction"], rate=m["val_fraction"] * opt_rate)
                 self.curve.append(row)
-            self.show(phase, {"method": arch, "step": step, "steps": steps, **m})
+            self.show(label, {"step": step, "steps": steps,
+                              "elapsed": time.time() - self.started, **m})  # fmt: skip
 
         t0 = time.perf_counter()
         # The run directory was claimed (with the user's --force) as a whole: each model may
@@ -343,10 +407,56 @@ class CycleRun:
         self.timings[name] = time.perf_counter() - t0
         return path
 
+    def sac_train(self, phase: str, scenario: scenarios.Scenario) -> None:
+        """T1: train the SAC baseline (or say why it is skipped); T3: move it to the new
+        scenario and give it the same budget again. Its curve (the training policy's fraction
+        of the optimum) is spread over the phase's steps on the figure."""
+        cfg = self.cfg
+        if phase == "T1":
+            if not cfg.sac:
+                self.sac_note = {"status": "skipped", "reason": "disabled in the cycle config"}
+                return
+        elif self.sac is None:
+            return
+        from aigxctl.baselines import sac as sac_mod
+
+        steps = cfg.sac_steps or cfg.samples
+        span = cfg.t1_steps if phase == "T1" else cfg.t3_steps
+        label = f"[{self.stage + 1}/{len(self.stages)}] {phase} train sac"
+        self.next_stage(phase, "train sac")
+
+        def progress(done: int, m: dict[str, float]) -> None:
+            frac = m.get("train_fraction_of_optimum")
+            if frac is not None and np.isfinite(frac):
+                self.curve.append({"phase": phase, "method": "sac",
+                                   "model": f"{phase.lower()}_sac",
+                                   "step": self.offset + round(span * done / steps),
+                                   "val_fraction": frac,
+                                   "rate": frac * self.opt_rates[phase]})  # fmt: skip
+            self.show(label, {"step": done, "steps": steps,
+                              "elapsed": time.time() - self.started,
+                              **({"val_fraction": frac} if frac is not None else {})})  # fmt: skip
+
+        t0 = time.perf_counter()
+        try:
+            if phase == "T1":
+                self.sac = sac_mod.train_sac(scenario, steps, seed=cfg.seed, progress=progress)
+                self.sac_note = {"status": "trained", "env_samples_per_phase": steps}
+            else:
+                self.sac.set_scenario(scenario)
+                self.sac.train(steps, progress=progress)
+        except sac_mod.SACUnavailable as exc:
+            self.sac_note = {"status": "skipped", "reason": str(exc)}
+            return
+        self.timings[f"{phase.lower()}_sac"] = time.perf_counter() - t0
+        self.sac.save(self.out / "models" / f"{phase.lower()}_sac")
+        # What SAC got, per phase: environment samples, wall seconds, training rate.
+        self.sac_note["history"] = self.sac.history
+
     def evaluate(self, phase: str, gains: np.ndarray, gdm: Path, mlp: Path | None,
                  extra: dict[str, Path] | None = None) -> dict[str, Any]:  # fmt: skip
         """Every method of the phase on its evaluation draws (see :func:`_rates`)."""
-        self.show(phase, {"method": "evaluate"})
+        self.next_stage(phase, f"evaluate on {len(gains):,} fresh draws")
         others = {"mlp": load_model(mlp)} if mlp else {}
         for key, path in (extra or {}).items():
             others[key] = load_model(path)
@@ -354,34 +464,46 @@ class CycleRun:
             others["sac"] = self.sac
         return _rates(evaluate(load_model(gdm), gains, others=others, seed=self.cfg.seed))
 
+    def _provenance(self) -> dict[str, Any]:
+        """What made this report: version, command, wall time, machine, libraries."""
+        import platform
 
-def _sac_start(cfg: CycleConfig, scenario: Any, show: Display) -> tuple[Any, dict[str, Any]]:
-    """Train the SAC baseline on the T1 environment, or say why it was skipped."""
-    if not cfg.sac:
-        return None, {"status": "skipped", "reason": "disabled in the cycle config"}
-    from aigxctl.baselines import sac as sac_mod
+        import torch
 
-    steps = cfg.sac_steps or cfg.samples
+        from aigxctl import __version__
 
-    def progress(done: int, m: dict[str, float]) -> None:
-        show("T1", {"method": "sac", "step": done, "steps": steps, **m})
+        return {
+            "aigxctl": __version__, "command": " ".join(["aigxctl", *sys.argv[1:]]),
+            "directory": str(self.out.resolve()), "wall_seconds": time.time() - self.started,
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "skipped": self.skipped, "host": platform.node(), "cpu": _cpu_name(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__,
+        }  # fmt: skip
 
+
+STATE = "state.json"
+STATE_FORMAT = "aigxctl-cycle-state"
+
+
+def _stages(cfg: CycleConfig) -> list[tuple[str, str]]:
+    """The cycle's stages in order, (phase, what), for "stage k of n"."""
+    t1 = [("T1", "collect"), ("T1", "train gdm")] + [("T1", "train mlp")] * cfg.mlp
+    t1 += [("T1", "train sac")] * cfg.sac + [("T1", "evaluate")]
+    t2 = [("T2", "evaluate"), ("T2", "collect")]
+    gdm3 = 2 if cfg.retrain == "both" else 1
+    t3 = [("T3", "train gdm")] * gdm3 + [("T3", "train mlp")] * cfg.mlp
+    t3 += [("T3", "train sac")] * cfg.sac + [("T3", "evaluate")]
+    return t1 + t2 + t3
+
+
+def _cpu_name() -> str:
     try:
-        agent = sac_mod.train_sac(scenario, steps, seed=cfg.seed, progress=progress)
-    except sac_mod.SACUnavailable as exc:
-        return None, {"status": "skipped", "reason": str(exc)}
-    return agent, {"status": "trained", "env_samples_per_phase": steps}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
 
-
-def _sac_continue(agent: Any, cfg: CycleConfig, scenario: Any, show: Display) -> Any:
-    """Move the SAC agent to the new scenario and give it the same budget again."""
-    if agent is None:
-        return None
-    steps = cfg.sac_steps or cfg.samples
-
-    def progress(done: int, m: dict[str, float]) -> None:
-        show("T3", {"method": "sac", "step": done, "steps": steps, **m})
-
-    agent.set_scenario(scenario)
-    agent.train(steps, progress=progress)
-    return agent
+    return platform.processor() or platform.machine()

@@ -8,7 +8,8 @@ the noise of the k-th step taken (step index i = T-1-k; the last step, i = 0, ad
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,14 @@ __all__ = [
 ]
 
 MODES = SAMPLING_MODES
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+# The fused sampler's per-step constants, in the order of StepConsts (csrc/denoise.h).
+STEP_CONSTANTS = (
+    "sqrt_recip_abar", "sqrt_recipm1_abar", "c1", "c2", "sigma",
+    "sqrt_abar", "inv_sqrt_1m_abar", "sqrt_abar_prev", "sqrt_1m_abar_prev",
+)  # fmt: skip
 
 
 def make_betas(kind: str, steps: int) -> np.ndarray:
@@ -64,32 +73,51 @@ class Schedule:
 
     @classmethod
     def create(cls, kind: str, steps: int) -> Schedule:
-        betas = make_betas(kind, steps)
-        alphas = 1.0 - betas
-        abar = np.cumprod(alphas)
-        abar_prev = np.concatenate([[1.0], abar[:-1]])
-        post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+        return cls.from_betas(make_betas(kind, steps), kind)
 
-        def f(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(a, dtype=np.float32))
+    @classmethod
+    def from_betas(cls, betas: np.ndarray, kind: str = "custom") -> Schedule:
+        """The schedule of the given betas ``[T]``; ``kind`` only names it."""
+        betas = np.asarray(betas, dtype=np.float64)
+        values = _step_values(betas)
+        tensors = {
+            f.name: torch.from_numpy(values[f.name].astype(np.float32))
+            for f in fields(cls)
+            if f.name not in ("kind", "betas")
+        }
+        return cls(kind=kind, betas=betas, **tensors)
 
-        return cls(
-            kind=kind,
-            betas=betas,
-            sqrt_abar=f(np.sqrt(abar)),
-            sqrt_1m_abar=f(np.sqrt(1.0 - abar)),
-            sqrt_recip_abar=f(np.sqrt(1.0 / abar)),
-            sqrt_recipm1_abar=f(np.sqrt(1.0 / abar - 1.0)),
-            c1=f(betas * np.sqrt(abar_prev) / (1.0 - abar)),
-            c2=f((1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)),
-            sigma=f(np.exp(0.5 * np.log(np.maximum(post_var, 1e-20)))),
-            sqrt_abar_prev=f(np.sqrt(abar_prev)),
-            sqrt_1m_abar_prev=f(np.sqrt(1.0 - abar_prev)),
-        )
+    def step_constants(self) -> np.ndarray:
+        """The fused sampler's table: float32 ``[T, 9]``, one row per step index i in the order
+        of ``STEP_CONSTANTS``, rounded once from float64."""
+        values = _step_values(self.betas)
+        # The last step (i = 0) adds no noise: the reference skips it, the table says sigma = 0.
+        values["sigma"][0] = 0.0
+        return np.stack([values[k] for k in STEP_CONSTANTS], axis=1).astype(np.float32)
 
     @property
     def steps(self) -> int:
         return len(self.betas)
+
+
+def _step_values(betas: np.ndarray) -> dict[str, np.ndarray]:
+    """Every per-step constant of the reverse process, float64 ``[T]``, from the betas."""
+    alphas = 1.0 - betas
+    abar = np.cumprod(alphas)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+    return {
+        "sqrt_abar": np.sqrt(abar),
+        "sqrt_1m_abar": np.sqrt(1.0 - abar),
+        "inv_sqrt_1m_abar": 1.0 / np.sqrt(1.0 - abar),
+        "sqrt_recip_abar": np.sqrt(1.0 / abar),
+        "sqrt_recipm1_abar": np.sqrt(1.0 / abar - 1.0),
+        "c1": betas * np.sqrt(abar_prev) / (1.0 - abar),
+        "c2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
+        "sigma": np.exp(0.5 * np.log(np.maximum(post_var, 1e-20))),
+        "sqrt_abar_prev": np.sqrt(abar_prev),
+        "sqrt_1m_abar_prev": np.sqrt(1.0 - abar_prev),
+    }
 
 
 def loss(
@@ -199,12 +227,17 @@ def reverse_process(
     return x
 
 
-def to_allocation(x: torch.Tensor, total_power: torch.Tensor | float) -> torch.Tensor:
-    """p = P |x| / sum |x| per row (all-zero rows get the equal split): always feasible."""
-    a = x.abs()
-    s = a.sum(dim=-1, keepdim=True)
-    m = x.shape[-1]
-    safe = torch.where(s > 0, a / s.clamp_min(torch.finfo(x.dtype).tiny), torch.full_like(a, 1 / m))
-    if isinstance(total_power, torch.Tensor) and total_power.ndim == 1:
+def to_allocation(x: Array, total_power: Array | float) -> Array:
+    """p = P |x| / sum |x| per row (a row whose |x| sums to 0 or NaN gets the equal split):
+    always feasible. The one definition of this map, for NumPy arrays and torch tensors
+    alike (the environment's action maps use it too); the compiled core's ``to_allocation``
+    (csrc/denoise.h) is tested against it."""
+    where = torch.where if isinstance(x, torch.Tensor) else np.where
+    a = abs(x)
+    s = a.sum(-1, keepdims=True)
+    ok = s > 0
+    # The inner where keeps 0 / 0 out of the division (a NumPy warning, a NaN gradient).
+    frac = where(ok, a / where(ok, s, 1), 1 / x.shape[-1])
+    if getattr(total_power, "ndim", 0) == 1:
         total_power = total_power[:, None]
-    return safe * total_power
+    return frac * total_power

@@ -39,6 +39,9 @@ def action_to_power(action: np.ndarray, total_power: float, mapping: str = "soft
     * ``abs``: p = P |a| / sum |a|, the GDM's own mapping; all zero gives the equal split;
     * ``linear``: p = P (a + 1) / sum (a + 1); all -1 gives the equal split.
     """
+    # Imported here: diffusion imports torch, which importing this module does not.
+    from aigxctl.diffusion import to_allocation
+
     a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
     if mapping == "softmax":
         z = SOFTMAX_SCALE * a
@@ -46,15 +49,14 @@ def action_to_power(action: np.ndarray, total_power: float, mapping: str = "soft
     elif mapping == "relu":
         w = np.maximum(a, 0.0)
     elif mapping == "abs":
-        w = np.abs(a)
+        w = a
     elif mapping == "linear":
         w = a + 1.0
     else:
         raise UserError(f"unknown action mapping {mapping!r}; choose from {', '.join(ACTION_MAPS)}")
-    total = w.sum(axis=-1, keepdims=True)
-    # A row with no weight at all (possible for relu/abs/linear) falls back to the equal split.
-    frac = np.divide(w, total, out=np.full_like(w, 1.0 / a.shape[-1]), where=total > 0)
-    return total_power * frac
+    # Every w but abs's is >= 0, so P |w| / sum |w| is P w / sum w; a row with no weight at all
+    # (possible for relu/abs/linear) gets the equal split.
+    return to_allocation(w, total_power)
 
 
 class PowerAllocationEnv(gym.Env):

@@ -26,30 +26,11 @@ MODE_CODES = {"ancestral": 0, "ddim": 1}
 
 
 def step_constants(betas: np.ndarray) -> np.ndarray:
-    """The per-step constants of the reverse process, float32 ``[T, 9]`` in the order of
-    ``StepConsts`` (csrc/denoise.h), computed in float64 from the betas."""
-    betas = np.asarray(betas, dtype=np.float64)
-    alphas = 1.0 - betas
-    abar = np.cumprod(alphas)
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
-    sigma = np.exp(0.5 * np.log(np.maximum(post_var, 1e-20)))
-    sigma[0] = 0.0  # the last step (i = 0) adds no noise
-    consts = np.stack(
-        [
-            np.sqrt(1.0 / abar),
-            np.sqrt(1.0 / abar - 1.0),
-            betas * np.sqrt(abar_prev) / (1.0 - abar),
-            (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
-            sigma,
-            np.sqrt(abar),
-            1.0 / np.sqrt(1.0 - abar),
-            np.sqrt(abar_prev),
-            np.sqrt(1.0 - abar_prev),
-        ],
-        axis=1,
-    )
-    return consts.astype(np.float32)
+    """The per-step constants of the reverse process for these betas, float32 ``[T, 9]`` in the
+    order of ``StepConsts`` (csrc/denoise.h): :meth:`aigxctl.diffusion.Schedule.step_constants`."""
+    from aigxctl.diffusion import Schedule  # it imports torch, which this module defers
+
+    return Schedule.from_betas(betas).step_constants()
 
 
 def supports(denoiser: Any) -> str | None:

@@ -128,3 +128,63 @@ class StepProgress:
             self.task = self.bar.add_task(self.what, total=self.total, status="")
             self.bar.start()
         self.bar.update(self.task, completed=done, status=status)
+
+
+class StageStatus:
+    """One status line for a job made of stages (the cycle): live on a terminal; elsewhere
+    printed at each new stage and every ``every`` seconds within one, so a log shows what runs,
+    how far it is, the stage's ETA and the job's elapsed time; nothing when ``quiet``."""
+
+    def __init__(self, *, every: float = 10.0, quiet: bool = False,
+                 console: Console | None = None) -> None:  # fmt: skip
+        self.every, self.quiet = every, quiet
+        self.console = console or err
+        self.stage = ""
+        self.stage_start = self.last_line = time.monotonic()
+        self.live: Any = None
+
+    def __enter__(self) -> StageStatus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def text(self, stage: str, status: Mapping[str, Any]) -> str:
+        now = time.monotonic()
+        parts = [stage]
+        step, steps = status.get("step"), status.get("steps")
+        if step is not None and steps:
+            part = f"{step:,}/{steps:,} ({step / steps:.0%})"
+            if 0 < step < steps:
+                part += f", ETA {duration((now - self.stage_start) / step * (steps - step))}"
+            parts.append(part)
+        figures = status_text(status)
+        if figures:
+            parts.append(figures)
+        if "elapsed" in status:
+            parts.append(f"{duration(status['elapsed'])} elapsed in all")
+        return ", ".join(parts)
+
+    def update(self, stage: str, status: Mapping[str, Any]) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        new = stage != self.stage
+        if new:
+            self.stage, self.stage_start = stage, now
+        line = self.text(stage, status)
+        if self.console.is_terminal:
+            if self.live is None:
+                from rich.live import Live
+
+                self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+                self.live.start()
+            self.live.update(line)
+        elif new or now - self.last_line >= self.every:
+            self.last_line = now
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from aigxctl.errors import UserError
@@ -72,22 +72,20 @@ PREDICTIONS = ("x0", "eps")
 SAMPLING_MODES = ("ddim", "ancestral")
 
 
-def _flag(f: Field[Any]) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
 def _choices(choices: tuple[str, ...]) -> str:
     return " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
 
 
-def check(obj: Any) -> None:
+def check(obj: Any, prefix: str = "--") -> None:
     """Raise UserError for the first setting of ``obj`` outside what its field allows (None is
-    always allowed: it means "the default of the route")."""
+    always allowed: it means "the default of the route"). Messages name a setting
+    ``--name-with-dashes`` (a CLI option), or by its plain name with ``prefix=""`` (a key of a
+    config file)."""
     for f in fields(obj):
         meta, value = f.metadata, getattr(obj, f.name)
         if "help" not in meta or value is None:
             continue
-        name = _flag(f)
+        name = f.metadata.get("flag") or (prefix + f.name.replace("_", "-") if prefix else f.name)
         if meta["choices"] is not None:
             if value not in meta["choices"]:
                 raise UserError(f"{name} must be {_choices(meta['choices'])}, got {value!r}")

@@ -398,6 +398,9 @@ def _loop(
     try:
         if rank == 0 and cfg.tensorboard:
             writer = _tensorboard(out if resume is not None else None, saver.staging)
+        if rank == 0 and progress is not None and start_step == 0 and len(val_gains):
+            # Where the curve starts: the fresh (or --init) model before any step.
+            progress(0, {"val_fraction": validate(model, val_gains, model.noise)})
         for step in range(start_step, cfg.steps):
             if _stop_agreed(stop, world, device):
                 break

@@ -247,7 +247,7 @@ class SACBaseline:
         """
         if samples < 1:
             raise UserError(f"SAC: samples must be >= 1, got {samples}")
-        callback = _callback(progress, every)
+        callback = _callback(progress, every, start=self.samples)
         start = time.perf_counter()
         before = self.samples
         # log_interval: SB3 would otherwise summarise its logs every 4 episodes = 4 samples.
@@ -392,9 +392,10 @@ def _torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _callback(progress: Progress | None, every: int) -> Any:
+def _callback(progress: Progress | None, every: int, start: int = 0) -> Any:
     """An SB3 callback that tracks the training rate against the optimum (from the env's
-    ``info``) and reports it through ``progress`` about every ``every`` samples."""
+    ``info``) and reports it through ``progress`` about every ``every`` samples, counting the
+    samples of this call (SB3's counter goes on from ``start``)."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Track(BaseCallback):
@@ -417,7 +418,7 @@ def _callback(progress: Progress | None, every: int) -> Any:
                 if progress is not None:
                     values = self.model.logger.name_to_value
                     progress(
-                        int(self.model.num_timesteps),
+                        int(self.model.num_timesteps) - start,
                         {
                             "train_fraction_of_optimum": self.last,
                             "actor_loss": float(values.get("train/actor_loss", float("nan"))),
