@@ -522,7 +522,7 @@ def test_blocks_join_up_in_order(tmp_path, monkeypatch):
     path.write_text("a,b,c\n\n" + "\n".join(",".join(map(str, row.tolist())) for row in g))
     np.testing.assert_array_equal(files.read_matrix_csv(path), g)
     g[50, 1] = -1.0
-    path.write_text("a,b,c\n\n" + "\n".join(",".join(map(str, row.tolist())) for row in g))
+    path.write_text("g1,g2,g3\n\n" + "\n".join(",".join(map(str, row.tolist())) for row in g))
     with pytest.raises(UserError, match="row 53, column 2"):  # file lines: header, blank
         files.read_gains_csv(path)
 

@@ -36,6 +36,7 @@ __all__ = [
     "LAYOUT",
     "CheckpointWriteError",
     "claim",
+    "incomplete_note",
     "load_model",
     "read_config",
     "read_resume",
@@ -327,6 +328,22 @@ def read_resume(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
         raise UserError(f"{path / RESUME_WEIGHTS}: damaged (no random-generator state); {hint}")
     return info, state
+
+
+def incomplete_note(path: str | Path | None) -> str | None:
+    """A one-line warning when the checkpoint at ``path`` is an interrupted, half-trained one
+    (its config.json says how far it got), else None; nothing is checked beyond that."""
+    if path is None:
+        return None
+    try:
+        progress = _read_json(Path(path) / CONFIG, "model")["progress"]
+        if progress["complete"]:
+            return None
+        done, planned = int(progress["steps_done"]), int(progress["steps_planned"])
+    except (UserError, ValueError, KeyError, TypeError):  # not ours to judge here: load does
+        return None
+    return (f"{path} is an interrupted checkpoint ({done:,} of {planned:,} training steps "
+            "done); finish it with 'aigxctl train ... --resume'")  # fmt: skip
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GDM | MLPAllocator:

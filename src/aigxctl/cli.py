@@ -263,10 +263,22 @@ def _drop_stdout() -> None:
     os.close(null)
 
 
-def _load_model(path: Path) -> Any:
+def _load_model(path: Path | None) -> Any:
     from aigxctl.checkpoint import load_model
 
+    _warn_if_incomplete(path)
     return load_model(path)
+
+
+def _warn_if_incomplete(path: Path | None) -> None:
+    """One line on stderr when a model is a half-trained (interrupted) checkpoint."""
+    from rich.markup import escape
+
+    from aigxctl.checkpoint import incomplete_note
+
+    note = incomplete_note(path)
+    if note:
+        report.err.print(f"[yellow]Warning:[/] {escape(note)}")
 
 
 @scenarios_app.callback()
@@ -556,7 +568,8 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Option("--model", help=MODEL_HELP)],
     dataset: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Evaluate on this dataset's gains.")
+        Path | None,
+        typer.Option("--data", "-d", help="Evaluate on this dataset's gains (.npz or CSV)."),
     ] = None,
     scenario: Annotated[
         str | None, typer.Option("--scenario", "-s", help="...or on fresh draws of a scenario.")
@@ -575,58 +588,23 @@ def evaluate(
     ] = False,
 ) -> None:
     """Mean sum rate of a model vs the optimum and baselines, % of optimum, gain over equal."""
-    from aigxctl import data, scenarios
-    from aigxctl.evaluate import evaluate as run_evaluate
-    from aigxctl.model import MAX_BEST_OF
+    from aigxctl import evaluate as evaluation
 
-    if (dataset is None) == (scenario is None):
-        raise UserError("give exactly one of --data FILE.npz or --scenario NAME")
-    if samples < 1:
-        raise UserError(f"--samples must be >= 1, got {samples}")
-    if best_of is not None and not 1 <= best_of <= MAX_BEST_OF:
-        raise UserError(f"--best-of must be >= 1 and <= {MAX_BEST_OF}, got {best_of}")
-    if dataset is None:  # before loading the model: a bad scenario or size fails fast
-        s = scenarios.get(scenario)
-        scenarios.check_draw_size(samples, s.m, "--samples")
-    loaded = _load_model(model)
-    if dataset is not None:
-        gains, source = data.load(dataset).gains, str(dataset)
-    else:
-        gains = scenarios.draw(s, samples, seed)
-        source = f"{s.name} ({samples:,} fresh draws, seed {seed})"
-    simple, others = [], {}
-    for item in (b.strip() for b in baselines.split(",") if b.strip()):
-        if ":" in item:
-            name, path = item.split(":", 1)
-            others[name] = _load_model(Path(path))
-        else:
-            simple.append(item)
-    kwargs = {"backend": backend.value, "mode": mode.value if mode else None, "best_of": best_of}
-    res = run_evaluate(loaded, gains, baselines=tuple(simple), others=others, seed=seed, **kwargs)
-    res.update(model=str(model), data=source)
+    _warn_if_incomplete(model)
+    res = evaluation.run(model, data=dataset, scenario=scenario, samples=samples, seed=seed,
+                         baselines=baselines, backend=backend.value,
+                         mode=mode.value if mode else None, best_of=best_of)  # fmt: skip
     if json_out:
         report.out.print_json(data=res)
         return
-    opt = res["optimum_rate"]
-    eq = res["equal_rate"]
-    rows = []
-    for key in [k for k in res if k.endswith("_rate")]:
-        name = key[: -len("_rate")]
-        label = {"model": f"{loaded.arch} (this model)"}.get(name, name)
-        rows.append(
-            [label, f"{res[key]:.4f}", f"{res[key] / opt:.2%}", f"{res[key] / eq - 1:+.1%}"]
-        )
-    report.out.print(
-        report.table(
-            f"{model} on {source}: P={res['total_power']:g}, σ²={res['noise']:g}",
-            ["method", "sum rate (bit/s/Hz)", "of optimum", "vs equal"],
-            rows,
-        )
-    )
-    report.out.print(
-        f"{res['decisions_per_s']:,.0f} decisions/s ({res['backend']} backend, "
-        f"{res['samples']:,} samples)"
-    )
+    rows = [[f"{res['arch']} (this model)" if name == "model" else name, f"{m['rate']:.4f}",
+             f"{m['fraction_of_optimum']:.2%}", f"{m['gain_over_equal']:+.1%}"]
+            for name, m in res["methods"].items()]  # fmt: skip
+    report.out.print(report.table(
+        f"{res['model']} on {res['data']}: P={res['total_power']:g}, σ²={res['noise']:g}",
+        ["method", "sum rate (bit/s/Hz)", "of optimum", "vs equal"], rows))  # fmt: skip
+    report.out.print(f"{res['decisions_per_s']:,.0f} decisions/s ({res['backend']} backend, "
+                     f"{res['samples']:,} samples)")  # fmt: skip
 
 
 @app.command()

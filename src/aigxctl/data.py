@@ -39,7 +39,16 @@ from aigxctl.errors import UserError
 from aigxctl.files import atomic_path
 from aigxctl.scenarios import CHUNK_ROWS, MAX_CHANNELS, SCALE_RANGE, Scenario, draw_chunks
 
-__all__ = ["FORMAT", "VERSION", "Dataset", "collect", "collect_to_file", "load", "save"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Dataset",
+    "collect",
+    "collect_to_file",
+    "load",
+    "read_gains",
+    "save",
+]
 
 FORMAT = "aigxctl-dataset"
 VERSION = 1
@@ -462,6 +471,11 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
     """
     path = Path(path)
     name = str(path)
+    if path.suffix.lower() == ".csv":
+        raise UserError(
+            f"{name}: training needs an .npz dataset (it records P and sigma^2 beside the "
+            "labels); write one with 'aigxctl collect --format npz'"
+        )
     arrays, meta_raw = _read(path)  # shapes, dtypes and sizes are checked there
     try:
         meta = json.loads(str(meta_raw[()]))
@@ -512,3 +526,13 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
         if worst > 1e-6 * p:
             raise UserError(f"{name}: powers differ from water-filling by up to {worst:.3g}")
     return Dataset(gains, power, rate, meta, path)
+
+
+def read_gains(path: str | Path) -> np.ndarray:
+    """The gains [N, M] of a dataset: an .npz from collect, or a CSV (collect's, whose g1..gM
+    columns are taken, or a plain gains CSV), so either works wherever gains are evaluated."""
+    from aigxctl import files
+
+    if Path(path).suffix.lower() == ".csv" or str(path) == "-":
+        return files.read_gains_csv(path)
+    return load(path).gains

@@ -7,6 +7,7 @@ equal too, so nobody mistakes a gap to the optimum for a win.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from aigxctl import metrics
 from aigxctl.errors import UserError
 
-__all__ = ["BASELINES", "evaluate", "random_split"]
+__all__ = ["BASELINES", "evaluate", "random_split", "run"]
 
 BASELINES = ("equal", "random")
 
@@ -100,3 +101,57 @@ def evaluate(
         result[f"{name}_fraction_of_optimum"] = vs["fraction_of_optimum"]
         result[f"{name}_gain_over_equal"] = vs["gain_over_equal"]
     return result
+
+
+def run(
+    model_dir: str | Path | None,
+    *,
+    data: str | Path | None = None,
+    scenario: str | None = None,
+    samples: int = 10_000,
+    seed: int = 12345,
+    baselines: str = "equal,random",
+    **allocate_kwargs: Any,
+) -> dict[str, Any]:
+    """``aigxctl evaluate``: the model in ``model_dir`` on a dataset's gains (``.npz`` or CSV)
+    or on fresh draws of a scenario, beside the baselines named in ``baselines``
+    ("equal,random,mlp:DIR,gdm:DIR"). The result is :func:`evaluate`'s, plus ``model``,
+    ``data`` (what was evaluated on) and ``methods``: per method its rate, fraction of the
+    optimum and gain over equal (metrics.compare)."""
+    from aigxctl import data as datasets
+    from aigxctl import scenarios
+    from aigxctl.checkpoint import load_model
+    from aigxctl.model import MAX_BEST_OF
+
+    if (data is None) == (scenario is None):
+        raise UserError("give exactly one of --data FILE (.npz or .csv) or --scenario NAME")
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
+    best_of = allocate_kwargs.get("best_of")
+    if best_of is not None and not 1 <= best_of <= MAX_BEST_OF:
+        raise UserError(f"--best-of must be >= 1 and <= {MAX_BEST_OF}, got {best_of}")
+    if data is None:  # before loading the model: a bad scenario or size fails fast
+        s = scenarios.get(scenario)
+        scenarios.check_draw_size(samples, s.m, "--samples")
+    model = load_model(model_dir)
+    if data is not None:
+        gains, source = datasets.read_gains(data), str(data)
+    else:
+        gains = scenarios.draw(s, samples, seed)
+        source = f"{s.name} ({samples:,} fresh draws, seed {seed})"
+    simple, others = [], {}
+    for item in (b.strip() for b in baselines.split(",") if b.strip()):
+        if ":" in item:
+            name, path = item.split(":", 1)
+            others[name] = load_model(path)
+        else:
+            simple.append(item)
+    res = evaluate(model, gains, baselines=tuple(simple), others=others, seed=seed,
+                   **allocate_kwargs)  # fmt: skip
+    res["methods"] = {
+        key[: -len("_rate")]: metrics.compare(value, res["optimum_rate"], res["equal_rate"])
+        for key, value in res.items()
+        if key.endswith("_rate")
+    }
+    res.update(model=str(model_dir) if model_dir else "the pretrained t1 model", data=source)
+    return res

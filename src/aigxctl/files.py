@@ -16,6 +16,7 @@ import contextlib
 import csv
 import errno
 import io
+import itertools
 import os
 import re
 import secrets
@@ -94,11 +95,32 @@ def _text_lines(f: BinaryIO, name: str, row_bytes: list[int]) -> Iterator[str]:
         yield text
 
 
-def _parse_csv(f: BinaryIO, name: str, what: str) -> tuple[np.ndarray, array[int]]:
+def _delimited(lines: Iterator[str]) -> tuple[Iterator[str], str]:
+    """The lines again, and their delimiter: a comma, or a semicolon or tab where the first
+    non-blank line has those and no comma (spreadsheets in many locales write them)."""
+    first: list[str] = []
+    for line in lines:
+        first.append(line)
+        if line.strip():
+            break
+    head = first[-1] if first else ""
+    delimiter = ","
+    if "," not in head:
+        found = [d for d in (";", "\t") if d in head]
+        if len(found) == 1:
+            delimiter = found[0]
+    return itertools.chain(first, lines), delimiter
+
+
+def _parse_csv(
+    f: BinaryIO, name: str, what: str
+) -> tuple[np.ndarray, array[int], list[str] | None]:
     # Rows go into float64 blocks as they are read, so the memory is the numbers' 8 bytes each
     # plus one block, never Python objects for the whole file.
     row_bytes = [0]
-    reader = csv.reader(_text_lines(f, name, row_bytes))
+    text, delimiter = _delimited(_text_lines(f, name, row_bytes))
+    reader = csv.reader(text, delimiter=delimiter)
+    header: list[str] | None = None
     blocks: list[np.ndarray] = []
     block = np.empty((0, 0))
     filled = total = 0
@@ -124,7 +146,8 @@ def _parse_csv(f: BinaryIO, name: str, what: str) -> tuple[np.ndarray, array[int
                         )
                     width = len(fields)
                     if not any(_is_number(f) for f in fields):
-                        continue  # header row
+                        header = fields
+                        continue
                 if len(fields) != width:
                     raise UserError(
                         f"{name}: row {line_no} has {len(fields)} columns, expected {width} "
@@ -157,6 +180,7 @@ def _parse_csv(f: BinaryIO, name: str, what: str) -> tuple[np.ndarray, array[int
         raise UserError(f"{name}: line {reader.line_num}: not a valid CSV row ({exc})") from None
     if not lines:
         raise UserError(f"{name}: no rows of {what} (the file is empty or has only a header)")
+    assert width is not None
     blocks.append(block[:filled])
     data = np.empty((len(lines), width))
     # Copied block by block, each freed at once: the result's pages are touched only as they
@@ -167,11 +191,14 @@ def _parse_csv(f: BinaryIO, name: str, what: str) -> tuple[np.ndarray, array[int
         b = blocks.pop()
         data[start : start + len(b)] = b
         start += len(b)
-    return data, lines
+    return data, lines, header
 
 
-def _read_csv(source: str | Path, what: str) -> tuple[str, np.ndarray, array[int]]:
-    """Parse a numeric CSV; returns (display name, float64 [rows, cols], file line of each row)."""
+def _read_csv(
+    source: str | Path, what: str
+) -> tuple[str, np.ndarray, array[int], list[str] | None]:
+    """Parse a numeric CSV; returns (display name, float64 [rows, cols], file line of each row,
+    the header's fields or None)."""
     name = source_name(source)
     try:
         if str(source) == "-":
@@ -199,16 +226,42 @@ def read_matrix_csv(source: str | Path, *, what: str = "values") -> np.ndarray:
     return _read_csv(source, what)[1]
 
 
+# Columns of a gains CSV's header: gains g1..gM; collect's labels p1..pM and sum_rate are read
+# past, so its CSV flows into allocate and evaluate as it is.
+_GAIN = re.compile(r"g(ain)?[ _]?\d+", re.IGNORECASE)
+_LABEL = re.compile(r"(p(ower)?[ _]?\d+|sum[ _]rate)", re.IGNORECASE)
+
+
+def gain_columns(header: list[str] | None, width: int, name: str) -> list[int]:
+    """The 0-based columns that hold gains: all of them without a header, else the ``g*``
+    columns; a header naming anything else is refused (it is not a gains file)."""
+    if header is None:
+        return list(range(width))
+    gains = [i for i, h in enumerate(header) if _GAIN.fullmatch(h)]
+    others = [h for h in header if not _GAIN.fullmatch(h) and not _LABEL.fullmatch(h)]
+    if others or not gains:
+        listed = ", ".join(repr(h) for h in (others or header)[:3])
+        raise UserError(
+            f"{name}: the header names columns that are not gains ({listed}); a gains CSV "
+            "has columns g1..gM (collect's p1..pM and sum_rate are skipped), or no header"
+        )
+    return gains
+
+
 def read_gains_csv(source: str | Path) -> np.ndarray:
-    """Read a gains CSV (one instance per row, M columns) and check every gain is finite and
-    >= 0, naming the file, row and column of the first one that is not."""
-    name, data, lines = _read_csv(source, "gains")
+    """Read a gains CSV (one instance per row, M columns, or collect's CSV, whose g1..gM
+    columns are taken) and check every gain is finite and >= 0, naming the file, row and
+    column of the first one that is not."""
+    name, data, lines, header = _read_csv(source, "gains")
+    columns = gain_columns(header, data.shape[1], name)
+    if len(columns) != data.shape[1]:
+        data = np.ascontiguousarray(data[:, columns])
     try:
         check_gains(data)
     except InvalidGains as exc:
         raise UserError(
-            f"{name}: row {lines[exc.row]}, column {exc.column + 1}: {exc.value!r} is not a "
-            f"valid gain ({exc.reason})"
+            f"{name}: row {lines[exc.row]}, column {columns[exc.column] + 1}: {exc.value!r} is "
+            f"not a valid gain ({exc.reason})"
         ) from None
     return data
 
