@@ -4,6 +4,7 @@ choices, and a report that says what made it."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -110,3 +111,18 @@ def test_cycle_cli_resume_and_quiet(run, tmp_path, monkeypatch):
     res = run("cycle", "--config", cfg, "--out", tmp_path / "r", "--resume")
     assert res.exit_code == 0, res.stderr
     assert "T1, T2, T3 were done already" in res.stderr
+
+
+@pytest.mark.parametrize("width", [40, 80, 200])
+def test_tables_never_cut_a_number(width):
+    from rich.console import Console
+
+    rows = [[f"{10**i:,}", "20", f"{1.2345e7 * i:.6e}", f"{i * 1234.5:.1f}x"] for i in range(4)]
+    t = report.table("bench", ["B", "M", "core rows/s", "speed-up vs numpy"], rows)
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(t)
+    text = console.export_text()
+    assert "…" not in text
+    for row in rows:
+        for cell in row:
+            assert cell in text, (width, cell)

@@ -22,11 +22,48 @@ def error(message: str) -> None:
     err.print(message, markup=False, highlight=False)
 
 
+class FitTable(Table):
+    """A table that never cuts a cell (a number shown as ``2.12e…`` is a wrong number): where
+    the console is too narrow for it (80 columns, a pipe), each row is shown as a block of
+    ``column: value`` lines instead."""
+
+    def min_width_needed(self) -> int:
+        """Columns as wide as their longest cell (headers may wrap between words), with
+        padding and borders."""
+        from rich.cells import cell_len
+
+        need = len(self.columns) + 1
+        for column in self.columns:
+            words = str(column.header).split() or [""]
+            longest = max([cell_len(str(c)) for c in column.cells] + [cell_len(w) for w in words])
+            column.min_width = longest  # Rich may squeeze a column below its text otherwise
+            need += longest + 2
+        return need
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        if self.min_width_needed() <= options.max_width:
+            yield from super().__rich_console__(console, options)
+            return
+        from rich.text import Text
+
+        if self.title:
+            yield Text(str(self.title), style="bold")
+        names = [str(c.header) for c in self.columns]
+        cells = [list(c.cells) for c in self.columns]
+        width = max(len(n) for n in names)
+        for r in range(self.row_count):
+            yield Text("")
+            for name, column in zip(names, cells, strict=True):
+                value = str(column[r]) if r < len(column) else ""
+                if value:
+                    yield Text(f"{name.replace(chr(10), ' '):>{width}}  {value}")
+
+
 def table(
     title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], **kwargs: Any
 ) -> Table:
-    """A Rich table; numeric columns (all but the first) are right-aligned."""
-    t = Table(title=title, **kwargs)
+    """A Rich table; numeric columns (all but the first) are right-aligned; never cut."""
+    t = FitTable(title=title, **kwargs)
     for i, name in enumerate(columns):
         t.add_column(name, justify="left" if i == 0 else "right")
     for row in rows:
