@@ -126,3 +126,19 @@ def test_tables_never_cut_a_number(width):
     for row in rows:
         for cell in row:
             assert cell in text, (width, cell)
+
+
+@pytest.mark.slow
+def test_ddp_training_reports_rank_0_progress_and_the_real_wall_time(tmp_path):
+    d = tmp_path / "t1.npz"
+    data.collect_to_file(scenarios.get("t1"), 400, 0, d)
+    exe = Path(sys.executable).with_name("aigxctl")
+    res = subprocess.run([str(exe), "train", "--data", str(d), "--out", str(tmp_path / "m"),
+                          "--steps", "20", "--hidden", "8", "--val-every", "10", "--nproc", "2"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert any(ln.startswith("train gdm: 20/20 (100%)") for ln in lines), res.stderr
+    summary = next(ln for ln in lines if "20 steps on" in ln)
+    seconds = float(summary.split(" in ")[1].split(" s")[0])
+    assert seconds > 1.0  # spawning two workers alone takes longer than that

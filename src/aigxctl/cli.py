@@ -555,6 +555,8 @@ def train(
             bar.stop()
             report.error(training.interrupted_message(exc, out))
             raise typer.Exit(signals.exit_code(exc)) from None
+    if result.get("rank", 0) != 0:
+        return  # under torchrun only rank 0 reports
     frac = result.get("val_fraction")
     report.err.print(
         f"[green]✓[/] {what} -> {out}: {result['step']} steps on {result['samples']:,} samples "

@@ -217,17 +217,22 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
     SIGINT, SIGTERM and SIGHUP stop the run at the end of the step in progress and save a
     resumable checkpoint as of that step, then raise :class:`TrainingInterrupted`.
     """
+    start = time.perf_counter()
     cfg.check()
     out = checkpoint.claim(cfg.out, force=cfg.force, resume=cfg.resume)
     run_data = _load_data(cfg.data)
     resume = _check_resume(cfg, out, run_data) if cfg.resume else None
+    rank = 0
     if cfg.nproc > 1 and "RANK" not in os.environ:
-        result = _spawn(cfg, out, run_data)
-    elif "RANK" in os.environ:  # launched by torchrun
+        result = _spawn(cfg, out, run_data, progress)
+    elif "RANK" in os.environ:  # launched by torchrun; only rank 0 reports
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         result = _run(cfg, out, run_data, resume, rank, world, None, progress)
     else:
         result = _run(cfg, out, run_data, resume, 0, 1, None, progress)
+    # The wall time of the whole run (worker start-up and data loading included), and which
+    # rank this process is, so that only rank 0 reports under torchrun.
+    result.update(seconds=time.perf_counter() - start, rank=rank)
     stopped = result.pop("interrupted", None)
     if stopped is not None:
         saved = Path(cfg.out) if stopped["saved"] else None
@@ -235,14 +240,23 @@ def train(cfg: TrainConfig, progress: Progress | None = None) -> dict[str, Any]:
     return result
 
 
-def _spawn(cfg: TrainConfig, out: Path, run_data: Data) -> dict[str, Any]:
-    """Run ``cfg.nproc`` data-parallel workers and wait for them. A signal to this process is
-    passed on to them, so they stop at the same step and rank 0 saves before this returns."""
+def _spawn(
+    cfg: TrainConfig, out: Path, run_data: Data, progress: Progress | None
+) -> dict[str, Any]:
+    """Run ``cfg.nproc`` data-parallel workers and wait for them, passing rank 0's progress on
+    to ``progress``. A signal to this process is passed on to the workers, so they stop at the
+    same step and rank 0 saves before this returns."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
+    queue, steps = ctx.SimpleQueue(), ctx.SimpleQueue()
     workers: list[Any] = []
+
+    def relay() -> None:
+        while not steps.empty():
+            step, metrics_now = steps.get()
+            if progress is not None:
+                progress(step, metrics_now)
 
     def forward(signum: int) -> None:
         for proc in workers:
@@ -251,13 +265,14 @@ def _spawn(cfg: TrainConfig, out: Path, run_data: Data) -> dict[str, Any]:
 
     with signals.StopRequest(hard=False, forward=forward):
         context = mp.start_processes(
-            _worker, args=(cfg, out, run_data, _free_port(), queue), nprocs=cfg.nproc,
+            _worker, args=(cfg, out, run_data, _free_port(), queue, steps), nprocs=cfg.nproc,
             join=False, start_method="spawn",
         )  # fmt: skip
         workers += context.processes
         try:
-            while not context.join():
-                pass
+            while not context.join(timeout=0.2):
+                relay()
+            relay()
         except mp.ProcessException:
             reports = _drain(queue)
             errors = [r["error"] for r in reports.values() if "error" in r]
@@ -279,11 +294,13 @@ def _drain(queue: Any) -> dict[int, dict[str, Any]]:
     return reports
 
 
-def _worker(rank: int, cfg: TrainConfig, out: Path, run_data: Data, port: int, queue: Any) -> None:
+def _worker(rank: int, cfg: TrainConfig, out: Path, run_data: Data, port: int, queue: Any,
+            steps: Any) -> None:  # fmt: skip
     # A worker's own mistakes reach the parent as one line, not as a traceback per process.
     try:
         resume = _check_resume(cfg, out, run_data) if cfg.resume else None
-        queue.put((rank, _run(cfg, out, run_data, resume, rank, cfg.nproc, port, None)))
+        progress = (lambda step, m: steps.put((step, m))) if rank == 0 else None
+        queue.put((rank, _run(cfg, out, run_data, resume, rank, cfg.nproc, port, progress)))
     except UserError as exc:
         queue.put((rank, {"error": str(exc)}))
         sys.exit(2)
