@@ -242,8 +242,10 @@ def test_unwritable_out(run, write, tmp_path, where):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.csv"]
 
 
-def test_gdm_needs_a_model(run, write):
-    check_one_line_error(run("allocate", "-g", write("g.csv", GAINS), "-m", "gdm"), "--model")
+def test_gdm_without_a_model_uses_the_pretrained_t1_model(run, write):
+    # The pretrained model is for M = 20: three gains per row are refused in one line.
+    check_one_line_error(run("allocate", "-g", write("g.csv", GAINS), "-m", "gdm"),
+                         "pretrained t1", "M = 20")  # fmt: skip
 
 
 def test_real_program_reports_bad_input_in_one_line(tmp_path):

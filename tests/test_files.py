@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from aigxctl import allocation, cli, data, files, scenarios, signals
+from aigxctl import allocation, checkpoint, data, files, scenarios, signals
 from aigxctl.errors import UserError
 
 GAINS = "g1,g2,g3\n1.0,2.0,3.0\n0.5,4.0,0.0\n0.01,0.02,7\n"
@@ -553,7 +553,7 @@ def test_a_20_mb_csv_is_read_in_about_its_own_size(tmp_path):
 
 def test_stdin_is_named_stdin_in_the_model_mismatch(run, monkeypatch):
     model = SimpleNamespace(m=5, total_power=0.2, noise=1.0)
-    monkeypatch.setattr(cli, "_load_model", lambda path: model)
+    monkeypatch.setattr(checkpoint, "load_model", lambda path: model)
     res = run("allocate", "-g", "-", "-m", "gdm", "--model", "m", input="1,2,3\n")
     one_line(res, "<stdin>: rows have 3 gains but the model m was trained for M = 5")
 

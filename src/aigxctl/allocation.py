@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,12 @@ import numpy as np
 from aigxctl import core
 from aigxctl.errors import UserError
 
-__all__ = ["METHODS", "Allocation", "allocate", "equal_split", "to_csv", "to_json"]
+__all__ = ["METHODS", "Allocation", "allocate", "equal_split", "run", "to_csv", "to_json"]
 
 METHODS = ("waterfill", "equal", "gdm")
+# P and sigma^2 when neither the user nor a model says: the paper's case study (P = 0.2).
+DEFAULT_TOTAL_POWER = 0.2
+DEFAULT_NOISE = 1.0
 
 
 @dataclass
@@ -31,6 +35,12 @@ class Allocation:
     power: np.ndarray
     sum_rate: np.ndarray
     seconds: float
+    how: str = ""  # the method as said to a person: "gdm (fused, models/t1)"
+
+    @property
+    def idle_rows(self) -> int:
+        """Rows whose gains are all zero: no channel can use power, so none is allocated."""
+        return int((self.power.sum(axis=1) == 0).sum())
 
 
 def equal_split(gains: np.ndarray, total_power: float) -> np.ndarray:
@@ -57,13 +67,52 @@ def allocate(
         power = equal_split(gains, total_power)
     elif method == "gdm":
         if model is None:
-            raise UserError("--method gdm needs --model DIR (a model from 'aigxctl train')")
+            raise UserError("--method gdm needs a model (from load_model)")
         power = model.allocate(gains, total_power, **model_kwargs)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     seconds = time.perf_counter() - start
     rate = core.sum_rate(gains, power, noise)
     return Allocation(method, total_power, noise, power, rate, seconds)
+
+
+def run(
+    gains_source: str | Path,
+    method: str = "waterfill",
+    *,
+    model_dir: str | Path | None = None,
+    total_power: float | None = None,
+    noise: float | None = None,
+    **model_kwargs: Any,
+) -> Allocation:
+    """``aigxctl allocate``: the gains CSV at ``gains_source`` (``-``: stdin) allocated with
+    ``method``. ``gdm`` uses the model in ``model_dir``, or the pretrained T1 model shipped
+    with aigxctl. P and sigma^2: as given, else the model's with gdm, else 0.2 and 1."""
+    from aigxctl import files
+
+    model = None
+    if method == "gdm":
+        from aigxctl.checkpoint import load_model
+
+        model = load_model(model_dir)
+    elif model_dir is not None:
+        raise UserError(f"--model is only used with --method gdm (not {method})")
+    p = core.check_level("--total-power", total_power if total_power is not None else
+                         (model.total_power if model else DEFAULT_TOTAL_POWER))  # fmt: skip
+    s2 = core.check_level("--noise", noise if noise is not None else
+                          (model.noise if model else DEFAULT_NOISE))  # fmt: skip
+    gains = files.read_gains_csv(gains_source)
+    if model is not None and gains.shape[1] != model.m:
+        raise UserError(
+            f"{files.source_name(gains_source)}: rows have {gains.shape[1]} gains but the model "
+            f"{model_dir or '(pretrained t1)'} was trained for M = {model.m} channels"
+        )
+    result = allocate(gains, method, p, s2, model=model, **model_kwargs)
+    result.how = method
+    if model is not None:
+        which = model.backend_for(model_kwargs.get("backend", "auto"))[0]
+        result.how = f"gdm ({which}, {model_dir or 'pretrained t1 model'})"
+    return result
 
 
 def to_csv(result: Allocation) -> str:

@@ -50,6 +50,8 @@ CONFIG = "config.json"
 RESUME_WEIGHTS = "resume.safetensors"
 RESUME_INFO = "resume.json"
 METRICS = "metrics.jsonl"
+# The pretrained T1 model inside the package (scripts/make_default_model.py writes it).
+DEFAULT_MODEL = "pretrained/t1"
 TENSORBOARD = "tensorboard"
 # Everything aigxctl writes in a checkpoint directory (outputs.Layout).
 LAYOUT: outputs.Layout = {
@@ -346,9 +348,63 @@ def incomplete_note(path: str | Path | None) -> str | None:
             "done); finish it with 'aigxctl train ... --resume'")  # fmt: skip
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> GDM | MLPAllocator:
-    """Load a checkpoint directory written by :func:`save_model`."""
-    path = Path(path)
+def default_model_path() -> Path:
+    """The checkpoint directory of the small T1 model shipped inside the package (trained by
+    scripts/make_default_model.py): what ``load_model()`` and ``--method gdm`` use when no
+    model is given."""
+    from importlib.resources import files
+
+    where = files("aigxctl") / DEFAULT_MODEL
+    if not isinstance(where, Path):  # e.g. imported from a zip: no directory to read
+        raise UserError(f"the packaged model {where} is not a directory on disk; give a model")
+    if not (where / CONFIG).is_file():
+        raise UserError(
+            f"{where}: the packaged model is missing from this install; give a model, or "
+            "create it with 'python scripts/make_default_model.py' in a source tree"
+        )
+    return where
+
+
+def provenance(cfg: dict[str, Any]) -> str:
+    """One line saying where a model (its config.json) came from: the packaged model's script
+    and fraction of the optimum, or another model's data, training and steps done."""
+    pre = cfg.get("pretrained")
+    if isinstance(pre, dict):
+        line = f"pretrained {pre.get('name', '?')} ({pre.get('script', '?')})"
+        fraction = pre.get("fraction_of_optimum")
+        if isinstance(fraction, (int, float)) and not isinstance(fraction, bool):
+            line += f", {100 * fraction:.2f}% of the optimum"
+        return line
+    parts = [f"{cfg.get('arch')} hidden {cfg.get('hidden')}"]
+    sets = [d for d in cfg.get("data") or [] if isinstance(d, dict)]
+    scenario = cfg.get("scenario")
+    if sets:
+        parts.append("trained on " + " + ".join(
+            f"{d.get('scenario') or d.get('path')} ({d.get('samples', 0):,} samples, "
+            f"seed {d.get('seed')})" for d in sets))  # fmt: skip
+    elif cfg.get("training") == "reward" and isinstance(scenario, dict):
+        parts.append(f"trained from rewards on {scenario.get('name')}")
+    if cfg.get("init"):
+        parts.append(f"fine-tuned from {cfg['init']}")
+    progress = cfg.get("progress")
+    if isinstance(progress, dict):
+        done, planned = progress.get("steps_done"), progress.get("steps_planned")
+        if isinstance(done, int) and isinstance(planned, int):
+            parts.append(f"{done:,} of {planned:,} steps")
+        if progress.get("complete") is False:
+            parts.append("interrupted (--resume continues it)")
+    fraction = (cfg.get("metrics") or {}).get("val_fraction")
+    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool):
+        parts.append(f"{100 * fraction:.2f}% of the optimum on its validation split")
+    return ", ".join(parts)
+
+
+def load_model(
+    path: str | Path | None = None, device: str | torch.device = "cpu"
+) -> GDM | MLPAllocator:
+    """Load a checkpoint directory written by :func:`save_model`; with no ``path``, the small
+    T1 model shipped inside the package (:func:`default_model_path`)."""
+    path = default_model_path() if path is None else Path(path)
     cfg = read_config(path)
     m = int(cfg["m"])
     if cfg["arch"] == "gdm":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from aigxctl import __version__, report, settings, signals
 from aigxctl.errors import UserError
@@ -85,24 +86,6 @@ def _root(
     """Generative-AI power allocation for wireless networks."""
 
 
-def positive(name: str, value: float) -> float:
-    """Check a numeric option is finite and > 0, naming the option otherwise."""
-    if not (value > 0 and value != float("inf")):
-        raise UserError(f"{name} must be a finite number > 0, got {value}")
-    return value
-
-
-def power_level(name: str, value: float) -> float:
-    """Check a power (P or sigma^2) is finite and a normal float > 0: below ~2.2e-308 it loses
-    its precision and every rate rounds to 0."""
-    positive(name, value)
-    if value < sys.float_info.min:
-        raise UserError(
-            f"{name} must be at least {sys.float_info.min:.4g} (a normal float), got {value:g}"
-        )
-    return value
-
-
 class Method(str, Enum):
     waterfill = "waterfill"
     equal = "equal"
@@ -137,8 +120,8 @@ def allocate(
         typer.Option(
             "--gains",
             "-g",
-            help="CSV of channel gains, one instance per row, M columns, optional header; "
-            "[bold]-[/] reads stdin.",
+            help="CSV of channel gains, one instance per row, M columns, optional header (g1..gM; "
+            "collect's CSV works as it is); [bold]-[/] reads stdin.",
             show_default=False,
         ),
     ],
@@ -147,7 +130,8 @@ def allocate(
         typer.Option(
             "--total-power",
             "-P",
-            help="Total power budget P per instance [default: 0.2, or the model's P with gdm].",
+            help="Total power budget P per instance \\[default: 0.2, or the model's P with "
+            "gdm].",
             show_default=False,
         ),
     ] = None,
@@ -155,7 +139,7 @@ def allocate(
         float | None,
         typer.Option(
             "--noise",
-            help="Noise power sigma^2 [default: 1, or the model's with gdm].",
+            help="Noise power sigma^2 \\[default: 1, or the model's with gdm].",
             show_default=False,
         ),
     ] = None,
@@ -164,26 +148,34 @@ def allocate(
         typer.Option(
             "--method",
             "-m",
-            help="waterfill = exact optimum, equal = P/M each, gdm = the trained diffusion model.",
+            help="waterfill: the exact optimum; equal: P/M each; gdm: the diffusion model "
+            "(--model, or the pretrained T1 model shipped with aigxctl).",
         ),
     ] = Method.waterfill,
-    model: Annotated[Path | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help=MODEL_HELP + " \\[default with gdm: the pretrained T1 "
+                     "model]", show_default=False),
+    ] = None,
     backend: Annotated[
         Backend, typer.Option("--backend", help="gdm sampler: fused core, plain PyTorch, or auto.")
     ] = Backend.auto,
     mode: Annotated[
         SampleMode | None,
         typer.Option(
-            "--mode", help="gdm sampling [default: the model's, ddim].", show_default=False
+            "--mode", help="gdm sampling \\[default: the model's, ddim].", show_default=False
         ),
     ] = None,
     best_of: Annotated[
         int | None,
         typer.Option(
-            "--best-of", help="gdm: keep the best of K samples per row [default: model's]."
+            "--best-of", help="gdm: keep the best of K samples per row \\[default: the "
+            "model's, 1].", show_default=False,
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="gdm: fix the sampling noise.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="gdm: fix the sampling noise.", show_default=False)
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here instead of stdout (atomic).")
     ] = None,
@@ -197,36 +189,12 @@ def allocate(
     """
     from aigxctl import allocation, files
 
-    loaded = None
     if method is Method.gdm:
-        if model is None:
-            raise UserError("--method gdm needs --model DIR (a model from 'aigxctl train')")
-        loaded = _load_model(model)
-    elif model is not None:
-        raise UserError(f"--model is only used with --method gdm (not {method.value})")
-    p = total_power if total_power is not None else (loaded.total_power if loaded else 0.2)
-    s2 = noise if noise is not None else (loaded.noise if loaded else 1.0)
-    power_level("--total-power", p)
-    power_level("--noise", s2)
-    if best_of is not None and best_of < 1:
-        raise UserError(f"--best-of must be >= 1, got {best_of}")
-    g = files.read_gains_csv(gains)
-    kwargs = {}
-    if loaded is not None:
-        if g.shape[1] != loaded.m:
-            raise UserError(
-                f"{files.source_name(gains)}: rows have {g.shape[1]} gains but the model {model} "
-                "was trained for "
-                f"M = {loaded.m} channels"
-            )
-        kwargs = {
-            "model": loaded,
-            "backend": backend.value,
-            "best_of": best_of,
-            "seed": seed,
-            "mode": mode.value if mode else None,
-        }
-    result = allocation.allocate(g, method.value, p, s2, **kwargs)
+        _warn_if_incomplete(model)
+    gdm = {"backend": backend.value, "best_of": best_of, "seed": seed,
+           "mode": mode.value if mode else None} if method is Method.gdm else {}  # fmt: skip
+    result = allocation.run(gains, method.value, model_dir=model, total_power=total_power,
+                            noise=noise, **gdm)  # fmt: skip
     text = allocation.to_csv(result) if fmt is OutputFormat.csv else allocation.to_json(result)
     if out is None:
         try:
@@ -240,14 +208,13 @@ def allocate(
     else:
         files.atomic_write_text(out, text)
     rows, m = result.power.shape
-    where = f" -> {out}" if out else ""
-    how = method.value
-    if loaded is not None:
-        how += f" ({loaded.backend_for(backend.value)[0]})"
+    idle = (f"; {result.idle_rows} row{'s' if result.idle_rows != 1 else ''} with every gain 0 "
+            "got no power (no channel can use it)" if result.idle_rows else "")  # fmt: skip
     report.err.print(
-        f"[green]✓[/] {rows} row{'s' if rows != 1 else ''} x M={m}, {how}, "
-        f"P={p:g}, σ²={s2:g}: mean sum rate "
-        f"[bold]{result.sum_rate.mean():.4f}[/] bit/s/Hz in {result.seconds * 1e3:.2f} ms{where}"
+        f"[green]✓[/] {rows} row{'s' if rows != 1 else ''} x M={m}, {escape(result.how)}, "
+        f"P={result.total_power:g}, σ²={result.noise:g}: mean sum rate "
+        f"[bold]{result.sum_rate.mean():.4f}[/] bit/s/Hz in {result.seconds * 1e3:.2f} ms"
+        f"{' -> ' + escape(str(out)) if out else ''}{idle}"
     )
 
 
@@ -407,14 +374,14 @@ def collect(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from aigxctl import data, files, scenarios
+    from aigxctl import core, data, files, scenarios
 
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
     if total_power is not None:
-        power_level("--total-power", total_power)
+        core.check_level("--total-power", total_power)
     if fmt is None:
         fmt = DataFormat.csv if out.suffix.lower() == ".csv" else DataFormat.npz
     if out.is_dir():
@@ -614,7 +581,10 @@ def evaluate(
 def cycle(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="Cycle config TOML ([cycle] table).")
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Cycle config TOML (a \\[cycle] table; see examples/cycle.toml)."
+        ),
     ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="Small sizes: a smoke test in about 20 s.", metavar="")
@@ -686,15 +656,20 @@ def cycle_table(result: dict[str, Any]) -> Any:
 def info(
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="Also say which sampler this model uses, and why."),
+        typer.Option(
+            "--model",
+            help="Also say where this model came from (data, steps done of planned) and which "
+            "sampler it uses, and why.",
+        ),
     ] = None,
 ) -> None:
-    """Show the version, how the core was built, the GPUs it sees and its thread count."""
+    """Show the version, how the core was built, the GPUs it sees and its thread count, and
+    the packaged model that --method gdm uses without --model."""
     import platform
 
     import torch
 
-    from aigxctl import core
+    from aigxctl import checkpoint, core
 
     build = core.build_info()
     torch_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -711,7 +686,15 @@ def info(
     if model is not None:
         loaded = _load_model(model)
         which, why = loaded.backend_for("auto")
+        items[f"{model} from"] = checkpoint.provenance(loaded.config or {})
         items[f"sampler for {model}"] = f"{which}: {why}"
+    else:
+        try:
+            default = checkpoint.default_model_path()
+            items["default model"] = str(default)
+            items["default model from"] = checkpoint.provenance(checkpoint.read_config(default))
+        except UserError as exc:
+            items["default model"] = f"none ({exc})"
     report.out.print(report.key_values("aigxctl info", items))
 
 

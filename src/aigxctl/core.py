@@ -22,6 +22,7 @@ Array = Any  # a NumPy array or a torch tensor
 __all__ = [
     "build_info",
     "check_gains",
+    "check_level",
     "denoise_step",
     "fused_sample",
     "fused_sample_cuda",
@@ -73,6 +74,18 @@ def _check_positive(name: str, value: float) -> float:
     if not np.isfinite(value) or value <= 0:
         raise UserError(f"{name} must be a finite number > 0, got {value!r}")
     return value
+
+
+def check_level(name: str, value: float) -> float:
+    """A power level (P or sigma^2) given by a person: finite and a normal float > 0. Below
+    ~2.2e-308 it loses its precision and every rate rounds to 0, so it is refused up front."""
+    _check_positive(name, value)
+    if value < np.finfo(np.float64).tiny:
+        raise UserError(
+            f"{name} must be a finite number >= {np.finfo(np.float64).tiny:.4g} (a normal "
+            f"float), got {value!r}"
+        )
+    return float(value)
 
 
 def check_gains(gains: np.ndarray) -> None:

@@ -274,15 +274,6 @@ def _write_csv(
             on_chunk(gains, power, rate)
 
 
-def _check_level(what: str, value: float) -> None:
-    # Below the smallest normal float, P or sigma^2 lose their precision and every rate
-    # rounds to 0: refused before anything is written.
-    if not (np.isfinite(value) and value >= np.finfo(np.float64).tiny):
-        raise UserError(
-            f"{what} must be a finite number >= {np.finfo(np.float64).tiny:.4g}, got {value!r}"
-        )
-
-
 def collect_to_file(
     scenario: Scenario,
     samples: int,
@@ -306,10 +297,10 @@ def collect_to_file(
     if samples < 1:
         raise UserError(f"samples must be >= 1, got {samples}")
     if total_power is not None:
-        _check_level("total power", total_power)
+        core.check_level("total power", total_power)
         scenario = scenario.with_power(total_power)
-    _check_level("total power", scenario.total_power)
-    _check_level("noise power", scenario.noise)
+    core.check_level("total power", scenario.total_power)
+    core.check_level("noise power", scenario.noise)
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{out}: is a directory, expected a file name")
