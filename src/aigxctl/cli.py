@@ -363,6 +363,7 @@ def collect(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing file.", metavar="")
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, metavar="")] = False,
 ) -> None:
     """Draw gain vectors from a scenario and label them with the exact water-filling optimum.
 
@@ -372,7 +373,6 @@ def collect(
     import time
 
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from aigxctl import core, data, files, scenarios
 
@@ -390,16 +390,7 @@ def collect(
         raise UserError(f"{out} exists; pass --force to overwrite it")
     s = scenarios.get(scenario)
     start = time.perf_counter()
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=report.err,
-        transient=True,
-        disable=samples < 200_000 or not report.err.is_terminal,
-    ) as bar:
-        task = bar.add_task(f"collect {escape(s.name)}", total=samples)
+    with report.StepProgress(f"collect {s.name}", samples, quiet=quiet or samples < 200_000) as bar:
         try:
             info = data.collect_to_file(
                 s,
@@ -408,7 +399,7 @@ def collect(
                 out,
                 total_power=total_power,
                 csv=fmt is DataFormat.csv,
-                progress=lambda done: bar.update(task, completed=done),
+                progress=bar.update,
                 # Checked again as the file gets its name: another run may have made it since.
                 overwrite=force,
             )
@@ -500,6 +491,7 @@ def train(
     hidden: Annotated[int, option(_TC, "hidden")] = _TC.hidden,
     val_every: Annotated[int, option(_TC, "val_every")] = _TC.val_every,
     tensorboard: Annotated[bool, option(_TC, "tensorboard")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, metavar="")] = False,
 ) -> None:
     """Train the diffusion model (or the MLP baseline) on expert-labelled datasets, or from the
     sum rate alone ([bold]--mode reward[/])."""
@@ -515,7 +507,7 @@ def train(
     }  # fmt: skip
     options = {k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
     what = f"train {options['arch'] or _TC.arch}"
-    with report.StepProgress(what, steps) as bar:
+    with report.StepProgress(what, steps, quiet=quiet) as bar:
         try:
             result = training.run(mode.value, bar.update, **options)
         except KeyboardInterrupt as exc:
