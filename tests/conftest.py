@@ -51,3 +51,25 @@ def write(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models run fastest on one thread, and much faster than on two when the machine is
+    shared (two OpenMP threads then wait on each other)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """600 expert-labelled T1 samples (seed 0), shared by the training tests."""
+    from aigxctl import data, scenarios
+
+    path = tmp_path_factory.mktemp("data") / "t1.npz"
+    data.collect_to_file(scenarios.get("t1"), 600, 0, path)
+    return path

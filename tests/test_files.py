@@ -176,7 +176,7 @@ def test_stale_temp_files_of_the_same_target_are_removed(run, gains_file, tmp_pa
 
 def test_temp_names_carry_the_pid(tmp_path):
     with files.atomic_path(tmp_path / "a.npz") as tmp:
-        assert files._temp_name_pattern("a.npz").fullmatch(tmp.name)
+        assert files.temp_name_pattern("a.npz").fullmatch(tmp.name)
         assert tmp.name.startswith(f".a.npz.{os.getpid()}.")
 
 

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from aigxctl import checkpoint, data, load_model, scenarios
 from aigxctl.errors import UserError
@@ -21,12 +20,7 @@ SCRIPT = "scripts/make_default_model.py"
 EVAL_SEED = 31337  # not a seed the script uses (data 1, weights 0, its evaluation 2024)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def text_of(stdout: str) -> str:

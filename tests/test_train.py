@@ -19,21 +19,7 @@ from aigxctl.train import TrainConfig, train
 TINY = {"hidden": 16, "batch": 64, "val_every": 20, "val_samples": 100}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much faster than on two when the machine is
-    shared (two OpenMP threads then wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "t1.npz"
-    data.collect_to_file(scenarios.get("t1"), 600, 0, path)
-    return path
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def weights(path: Path) -> list[torch.Tensor]:

@@ -28,19 +28,7 @@ from aigxctl.train import TrainConfig, TrainingInterrupted, train
 TINY = {"hidden": 16, "batch": 64, "val_every": 20, "val_samples": 100}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "t1.npz"
-    data.collect_to_file(scenarios.get("t1"), 600, 0, path)
-    return path
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def cfg(dataset: Path, out: Path, **kw) -> TrainConfig:

@@ -23,7 +23,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from aigxctl import outputs
+from aigxctl import files, outputs
 from aigxctl.diffusion import MODES as SAMPLING_MODES
 from aigxctl.diffusion import PREDICTIONS, SCHEDULES, Schedule
 from aigxctl.errors import UserError
@@ -190,13 +190,14 @@ def _regular_file(path: Path, what: str, limit: int) -> None:
 def _read_json(path: Path, what: str) -> Any:
     _regular_file(path, what, MAX_CONFIG_BYTES)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with files.reading(str(path), f"{what} file"):
+            return json.loads(path.read_text(encoding="utf-8"))
+    except UserError:  # a ValueError too, but already the right message
+        raise
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path}: damaged (not valid JSON)") from None
     except RecursionError:
         raise UserError(f"{path}: damaged (nested too deeply)") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _int(cfg: dict[str, Any], key: str, low: int, high: int, default: int | None = None) -> int:

@@ -194,13 +194,27 @@ def _parse_csv(
     return data, lines, header
 
 
+@contextlib.contextmanager
+def reading(name: str, what: str, missing: str | None = None) -> Iterator[None]:
+    """Turn the OS errors of reading an input file (a ``what``) into one line naming it and
+    why; ``missing`` replaces "no such WHAT"."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UserError(f"{name}: {missing or 'no such ' + what}") from None
+    except IsADirectoryError:
+        raise UserError(f"{name}: is a directory, expected a {what}") from None
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_csv(
     source: str | Path, what: str
 ) -> tuple[str, np.ndarray, array[int], list[str] | None]:
     """Parse a numeric CSV; returns (display name, float64 [rows, cols], file line of each row,
     the header's fields or None)."""
     name = source_name(source)
-    try:
+    with reading(name, "CSV file", missing="no such file"):
         if str(source) == "-":
             stdin = getattr(sys.stdin, "buffer", None)
             if stdin is None:  # a text-only stand-in for stdin (no bytes underneath)
@@ -208,12 +222,6 @@ def _read_csv(
             return name, *_parse_csv(stdin, name, what)
         with open(source, "rb") as f:
             return name, *_parse_csv(f, name, what)
-    except FileNotFoundError:
-        raise UserError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{name}: is a directory, expected a CSV file") from None
-    except OSError as exc:
-        raise UserError(f"{name}: cannot read ({exc.strerror or exc})") from None
 
 
 def read_matrix_csv(source: str | Path, *, what: str = "values") -> np.ndarray:
@@ -313,11 +321,15 @@ def _copy_to_fd(src: BinaryIO, fd: int) -> None:
             dst.write(chunk)
 
 
-def _temp_name_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(name)}\.(\d{{1,10}})\.[0-9a-f]{{8}}\.tmp")
+def temp_name_pattern(name: str, suffixes: str = "tmp") -> re.Pattern[str]:
+    """What aigxctl names the temporary files (and staging directories) it writes beside
+    ``name``: ``.NAME.PID.XXXXXXXX.tmp``; group 1 is the writer's pid. ``suffixes``: a regex
+    alternative of the endings."""
+    return re.compile(rf"\.{re.escape(name)}\.(\d{{1,10}})\.[0-9a-f]{{8}}\.({suffixes})")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process that wrote a temporary file may still be writing it."""
     if pid == os.getpid():
         return True
     try:
@@ -332,11 +344,11 @@ def _alive(pid: int) -> bool:
 def _remove_stale_temps(real: Path) -> None:
     """Remove the temporary files an earlier, killed run left for this same target: only names
     of exactly the form ``_make_temp`` gives, whose process is gone."""
-    pattern = _temp_name_pattern(real.name)
+    pattern = temp_name_pattern(real.name)
     with contextlib.suppress(OSError), os.scandir(real.parent) as entries:
         for entry in entries:
             m = pattern.fullmatch(entry.name)
-            if m and not _alive(int(m.group(1))) and entry.is_file(follow_symlinks=False):
+            if m and not pid_alive(int(m.group(1))) and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
 

@@ -15,11 +15,11 @@ import ctypes
 import fnmatch
 import json
 import os
-import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from aigxctl import files
 from aigxctl.errors import UserError
 
 __all__ = ["Layout", "claim_dir", "commit_dir", "discard", "new_staging_dir", "remove_own"]
@@ -70,22 +70,6 @@ def _has_format(path: Path, fmt: str) -> bool:
     return isinstance(doc, dict) and doc.get("format") == fmt
 
 
-def _staging_re(name: str) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(name)}\.(\d+)\.[0-9a-f]{{8}}\.(tmp|old)")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_own(path: Path, layout: Layout) -> bool:
     """Delete what aigxctl wrote in ``path`` (per ``layout``), then the directory if that left
     it empty. Returns whether the directory is gone; anything else in it stays."""
@@ -110,12 +94,12 @@ def remove_own(path: Path, layout: Layout) -> bool:
 
 def _clean_stale(path: Path, layout: Layout) -> None:
     """Remove the staging directories of ``path`` whose writer is gone (killed, say)."""
-    pattern = _staging_re(path.name)
+    pattern = files.temp_name_pattern(path.name, "tmp|old")
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
             match = pattern.fullmatch(entry.name)
             pid = int(match.group(1)) if match else os.getpid()
-            if entry.is_dir() and not entry.is_symlink() and not _pid_alive(pid):
+            if entry.is_dir() and not entry.is_symlink() and not files.pid_alive(pid):
                 remove_own(entry, layout)
 
 

@@ -405,16 +405,11 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     it is a one-line UserError naming the file: missing, a directory, over MAX_TOML_BYTES, not
     UTF-8, not TOML, or nested deeper than MAX_TOML_DEPTH."""
     name = str(path)
-    try:
-        # One byte past the limit tells "too big" without reading a huge (or endless) file.
-        with open(path, "rb") as f:
-            raw = f.read(MAX_TOML_BYTES + 1)
-    except FileNotFoundError:
-        raise UserError(f"{name}: no such {what} file") from None
-    except IsADirectoryError:
-        raise UserError(f"{name}: is a directory, expected a {what} .toml file") from None
-    except OSError as exc:
-        raise UserError(f"{name}: cannot read ({exc.strerror})") from None
+    from aigxctl.files import reading
+
+    # One byte past the limit tells "too big" without reading a huge (or endless) file.
+    with reading(name, f"{what} .toml file", missing=f"no such {what} file"), open(path, "rb") as f:
+        raw = f.read(MAX_TOML_BYTES + 1)
     if len(raw) > MAX_TOML_BYTES:
         raise UserError(
             f"{name}: too big for a {what} file (more than {MAX_TOML_BYTES // 1024} KiB)"
