@@ -343,28 +343,29 @@ def _stop_agreed(stop: signals.StopRequest, world: int, device: torch.device) ->
     return bool(flag.item())
 
 
-def _loop(
-    cfg: TrainConfig, out: Path, run_data: Data, resume: tuple[int, dict] | None, rank: int,
-    world: int, device: torch.device, progress: Progress | None, stop: signals.StopRequest,
-) -> dict[str, Any]:  # fmt: skip
-    torch.manual_seed(cfg.seed)
-    gains, x0, prov = run_data.gains, run_data.x0, run_data.prov
-    n, m = gains.shape
+def _split(cfg: TrainConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows, training rows) of the data: a seeded permutation, the validation
+    split first (at most val_samples, at most a tenth)."""
     order = np.random.default_rng(cfg.seed).permutation(n)
     n_val = min(cfg.val_samples, max(1, n // 10)) if n > 1 else 0
     val_idx, train_idx = order[:n_val], order[n_val:] if n > 1 else order
     if len(train_idx) == 0:
         raise UserError("the datasets hold too few samples to train on")
+    return val_idx, train_idx
 
-    start_step = 0
-    resume_state: dict[str, torch.Tensor] | None = None
-    init = cfg.init
+
+def _start_model(
+    cfg: TrainConfig, out: Path, run_data: Data, resume: tuple[int, dict] | None,
+    train_gains: np.ndarray,
+) -> tuple[Any, str | None]:  # fmt: skip
+    """The model the run starts from: the interrupted one (resume), the --init one, or a
+    fresh one normalised to the training gains; and the init it descends from."""
+    m, prov = run_data.gains.shape[1], run_data.prov
     if resume is not None:
         model = load_model(out)
-        start_step, resume_state = resume
         init = model.config.get("init")
     elif cfg.init:
-        model = load_model(cfg.init)
+        model, init = load_model(cfg.init), cfg.init
         if model.m != m:
             raise UserError(f"--init {cfg.init}: the model has M = {model.m}, the data M = {m}")
         if model.arch != cfg.arch:
@@ -373,99 +374,102 @@ def _loop(
             )
         # Keep the initial model's normalisation, so its weights still mean what they learned.
     else:
-        tr = gains[train_idx]
-        model = _new_model(cfg, m, tr.mean(axis=0), tr.std(axis=0) + 1e-8, prov)
+        mean, std = train_gains.mean(axis=0), train_gains.std(axis=0) + 1e-8
+        model, init = _new_model(cfg, m, mean, std, prov), None
     model.total_power, model.noise = prov["total_power"], prov["noise"]
-    module = model.module.to(device)
-    module.train()
-    net: torch.nn.Module = module
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    if resume_state is not None:
-        _restore(opt, module, resume_state, gen, out)
+    return model, init
+
+
+class _Steps:
+    """The optimisation itself: the training rows as tensors on the device, the optimizer, the
+    random stream of batches and noise, and one step of the loss."""
+
+    def __init__(self, cfg: TrainConfig, model: Any, gains: np.ndarray, x0: np.ndarray,
+                 rank: int, world: int, device: torch.device) -> None:  # fmt: skip
+        self.cfg, self.model, self.device = cfg, model, device
+        self.module = model.module.to(device)
+        self.module.train()
+        self.net: torch.nn.Module = self.module
+        if world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.opt = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)  # fmt: skip
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+        mean = torch.as_tensor(model.cond_mean, dtype=torch.float32)
+        std = torch.as_tensor(model.cond_std, dtype=torch.float32)
+        raw = torch.as_tensor(gains, dtype=torch.float32)
+        self.cond, self.raw = ((raw - mean) / std).to(device), raw.to(device)
+        self.target = torch.as_tensor(x0, dtype=torch.float32).to(device)
+        self.per_rank = max(1, cfg.batch // world)
+        self.rate_args = {"total_power": model.total_power, "noise": model.noise}
+
+    def restore(self, state: dict[str, torch.Tensor], out: Path, rank: int, step: int) -> None:
+        _restore(self.opt, self.module, state, self.gen, out)
         if rank > 0:
             # The saved stream is rank 0's (only rank 0 writes). The other ranks must not draw
             # the same batches as rank 0, so each starts a stream of its own for the rest.
-            gen.manual_seed((cfg.seed * 1000 + rank) * 1_000_003 + start_step)
+            self.gen.manual_seed((self.cfg.seed * 1000 + rank) * 1_000_003 + step)
 
-    mean = torch.as_tensor(model.cond_mean, dtype=torch.float32)
-    std = torch.as_tensor(model.cond_std, dtype=torch.float32)
-    g_all = ((torch.as_tensor(gains[train_idx], dtype=torch.float32) - mean) / std).to(device)
-    x_all = torch.as_tensor(x0[train_idx], dtype=torch.float32).to(device)
-    raw_all = torch.as_tensor(gains[train_idx], dtype=torch.float32).to(device)
-    rate_args = {"total_power": model.total_power, "noise": model.noise}
-    val_gains = gains[val_idx]
-    per_rank = max(1, cfg.batch // world)
+    def step(self, step: int) -> torch.Tensor:
+        """One optimizer step (batch, then noise, from the run's stream); returns its loss."""
+        cfg, model = self.cfg, self.model
+        for group in self.opt.param_groups:
+            group["lr"] = _lr_at(cfg, step)
+        idx = torch.randint(0, len(self.cond), (self.per_rank,), generator=self.gen)
+        idx = idx.to(self.device)
+        cond, target, raw = self.cond[idx], self.target[idx], self.raw[idx]
+        if isinstance(model, GDM):
+            value = loss(self.net, model.schedule, target, cond, model.pred, generator=self.gen,
+                         rate_weight=cfg.rate_weight, gains=raw, **self.rate_args)  # fmt: skip
+        else:
+            y = self.net(cond)
+            value = torch.nn.functional.mse_loss(y, target)
+            if cfg.rate_weight > 0:  # the same objective as the GDM's, for a fair comparison
+                value = value + cfg.rate_weight * rate_regret(y, target, raw, **self.rate_args)
+        self.opt.zero_grad(set_to_none=True)
+        value.backward()
+        self.opt.step()
+        return value
 
+
+def _loop(
+    cfg: TrainConfig, out: Path, run_data: Data, resume: tuple[int, dict] | None, rank: int,
+    world: int, device: torch.device, progress: Progress | None, stop: signals.StopRequest,
+) -> dict[str, Any]:  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    val_idx, train_idx = _split(cfg, len(run_data.gains))
+    model, init = _start_model(cfg, out, run_data, resume, run_data.gains[train_idx])
+    steps = _Steps(cfg, model, run_data.gains[train_idx], run_data.x0[train_idx], rank, world,
+                   device)  # fmt: skip
+    start_step = 0
+    if resume is not None:
+        start_step = resume[0]
+        steps.restore(resume[1], out, rank, start_step)
     # Rank 0 builds the new checkpoint directory beside `out` from the start (TensorBoard logs
     # go there) and swaps it in when it saves; until then `out` is untouched.
     staging = outputs.new_staging_dir(out) if rank == 0 else None
-    saver = _Saver(model, cfg, prov, init, opt, gen, out, staging)
-    writer = None
-    t0 = time.perf_counter()
-    last: dict[str, Any] = {"step": start_step}
-    completed = start_step
+    saver = _Saver(model, cfg, run_data.prov, init, steps.opt, steps.gen, out, staging)
+    log = _Log(cfg, model, run_data.gains[val_idx], progress if rank == 0 else None, rank == 0)
+    log.last["step"] = completed = start_step
     # The run's metrics.jsonl: an interrupted run's lines carry on, a new run starts afresh.
     if resume is not None and (out / checkpoint.METRICS).is_file():
         saver.lines = (out / checkpoint.METRICS).read_text(encoding="utf-8").splitlines()
     try:
-        if rank == 0 and cfg.tensorboard:
-            writer = _tensorboard(out if resume is not None else None, saver.staging)
-        if rank == 0 and progress is not None and start_step == 0 and len(val_gains):
-            # Where the curve starts: the fresh (or --init) model before any step.
-            progress(0, {"val_fraction": validate(model, val_gains, model.noise)})
+        if rank == 0:
+            log.start(saver, out if resume is not None else None, start_step)
         for step in range(start_step, cfg.steps):
             if _stop_agreed(stop, world, device):
                 break
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step)
-            idx = torch.randint(0, len(train_idx), (per_rank,), generator=gen).to(device)
-            cond, target = g_all[idx], x_all[idx]
-            if isinstance(model, GDM):
-                value = loss(
-                    net, model.schedule, target, cond, model.pred, generator=gen,
-                    rate_weight=cfg.rate_weight, gains=raw_all[idx], **rate_args,
-                )  # fmt: skip
-            else:
-                y = net(cond)
-                value = torch.nn.functional.mse_loss(y, target)
-                if cfg.rate_weight > 0:  # the same objective as the GDM's, for a fair comparison
-                    value = value + cfg.rate_weight * rate_regret(y, target, raw_all[idx],
-                                                                  **rate_args)  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            done = completed = step + 1
-            checkpoint_now = done % cfg.val_every == 0 or done == cfg.steps
-            loss_now = float(value.detach()) if checkpoint_now else math.nan
-            if checkpoint_now and not math.isfinite(loss_now):
-                # Every rank sees it: NaN weights are the same on all of them after the all-reduce.
-                raise UserError(
-                    f"training diverged: the loss is {loss_now} at step {done}; "
-                    f"nothing was saved; try a smaller --lr (this run: {cfg.lr})"
-                )
-            if rank == 0 and checkpoint_now:
-                last = {"step": done, "loss": loss_now, "lr": _lr_at(cfg, step),
-                        "seconds": time.perf_counter() - t0}  # fmt: skip
-                if len(val_gains):
-                    last["val_fraction"] = validate(model, val_gains, model.noise)
-                saver.lines.append(json.dumps(last))
-                if writer is not None:
-                    for k in ("loss", "val_fraction"):
-                        if k in last:
-                            writer.add_scalar(k, last[k], done)
-            if rank == 0 and progress is not None:
-                progress(done, {"loss": float(value.detach()), **{k: v for k, v in last.items()
-                                                          if k == "val_fraction"}})  # fmt: skip
+            value = steps.step(step)
+            completed = step + 1
+            log.after_step(completed, value, saver.lines)
     except KeyboardInterrupt:
         # Raised by code, not by a signal (those only set `stop`), so the state is that of the
         # last completed step; a second signal (stop.signum set) cut a step short: no save.
         if rank == 0 and stop.signum is None and completed > start_step:
-            saver.save(completed, last, interrupted=True)
+            saver.save(completed, log.last, interrupted=True)
         else:
             saver.discard()
         raise
@@ -473,17 +477,80 @@ def _loop(
         saver.discard()
         raise
     finally:
-        if writer is not None:
-            writer.close()
+        log.close()
+    return _finish(cfg, saver, log, steps.module, stop, rank, world, start_step, completed,
+                   resume is not None, len(run_data.gains))  # fmt: skip
+
+
+class _Log:
+    """What a run reports: validation and metrics at each checkpoint step (rank 0 only),
+    TensorBoard, the progress callback, and the divergence check (every rank)."""
+
+    def __init__(self, cfg: TrainConfig, model: Any, val_gains: np.ndarray,
+                 progress: Progress | None, rank0: bool) -> None:  # fmt: skip
+        self.cfg, self.model, self.val_gains, self.progress = cfg, model, val_gains, progress
+        self.rank0 = rank0
+        self.last: dict[str, Any] = {}
+        self.writer: Any = None
+        self.t0 = time.perf_counter()
+
+    def start(self, saver: _Saver, previous: Path | None, start_step: int) -> None:
+        if self.cfg.tensorboard:
+            self.writer = _tensorboard(previous, saver.staging)
+        if self.progress is not None and start_step == 0 and len(self.val_gains):
+            # Where the curve starts: the fresh (or --init) model before any step.
+            self.progress(0, {"val_fraction": self.validate()})
+
+    def validate(self) -> float:
+        return validate(self.model, self.val_gains, self.model.noise)
+
+    def after_step(self, done: int, value: torch.Tensor, lines: list[str]) -> None:
+        cfg = self.cfg
+        checkpoint_now = done % cfg.val_every == 0 or done == cfg.steps
+        if checkpoint_now:
+            loss_now = float(value.detach())
+            if not math.isfinite(loss_now):
+                # Every rank sees it: NaN weights are the same on all of them after the
+                # all-reduce.
+                raise UserError(
+                    f"training diverged: the loss is {loss_now} at step {done}; "
+                    f"nothing was saved; try a smaller --lr (this run: {cfg.lr})"
+                )
+            if self.rank0:
+                self._checkpoint(done, loss_now, lines)
+        if self.progress is not None:
+            self.progress(done, {"loss": float(value.detach()), **{
+                k: v for k, v in self.last.items() if k == "val_fraction"}})  # fmt: skip
+
+    def _checkpoint(self, done: int, loss_now: float, lines: list[str]) -> None:
+        self.last = {"step": done, "loss": loss_now, "lr": _lr_at(self.cfg, done - 1),
+                     "seconds": time.perf_counter() - self.t0}  # fmt: skip
+        if len(self.val_gains):
+            self.last["val_fraction"] = self.validate()
+        lines.append(json.dumps(self.last))
+        if self.writer is not None:
+            for k in ("loss", "val_fraction"):
+                if k in self.last:
+                    self.writer.add_scalar(k, self.last[k], done)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _finish(cfg: TrainConfig, saver: _Saver, log: _Log, module: torch.nn.Module,
+            stop: signals.StopRequest, rank: int, world: int, start_step: int, completed: int,
+            resumed: bool, samples: int) -> dict[str, Any]:  # fmt: skip
+    """Save the final checkpoint (or, after a signal, the resumable one) and say how it went."""
     digest = _weights_digest(module)
     if stop.signum is not None:
         saved = False
         if rank == 0 and completed > start_step:
-            saver.save(completed, last, interrupted=True)
+            saver.save(completed, log.last, interrupted=True)
             saved = True
         elif rank == 0:
             saver.discard()
-            saved = resume is not None  # the checkpoint being resumed is still there, unchanged
+            saved = resumed  # the checkpoint being resumed is still there, unchanged
         return {"interrupted": {"signum": stop.signum, "saved": saved, "step": completed},
                 "weights_sha256": digest}  # fmt: skip
     if world > 1:
@@ -491,8 +558,8 @@ def _loop(
 
         dist.barrier()
     if rank == 0:
-        saver.save(cfg.steps, last, interrupted=False)
-    return {**last, "seconds": time.perf_counter() - t0, "samples": int(n),
+        saver.save(cfg.steps, log.last, interrupted=False)
+    return {**log.last, "seconds": time.perf_counter() - log.t0, "samples": samples,
             "weights_sha256": digest}  # fmt: skip
 
 
