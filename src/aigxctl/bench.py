@@ -12,13 +12,18 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aigxctl import core
 from aigxctl.errors import UserError
 from aigxctl.scenarios import MAX_CHANNELS, check_draw_size
+
+if TYPE_CHECKING:  # torch is imported only when a sampling benchmark runs (seconds)
+    import torch
+
+    from aigxctl.model import GDM
 
 __all__ = [
     "bisection_waterfill",
@@ -224,39 +229,59 @@ def sample(
 
     import torch
 
-    from aigxctl.diffusion import Schedule, sample_reference, to_allocation
-    from aigxctl.model import GDM, Denoiser
-
-    torch.manual_seed(seed)
-    model = GDM(
-        denoiser=Denoiser(m, hidden).eval(),
-        schedule=Schedule.create("vp", steps),
-        pred="eps",
-        cond_mean=np.full(m, 4.0),
-        cond_std=np.full(m, 1.7),
-        total_power=0.2,
-        noise=1.0,
-    )
-    fused = model.fused_sampler()
-    compiled = None
-    compile_error = None
-    if compile_torch:
-        try:
-            compiled = torch.compile(model.denoiser, dynamic=False)
-        except Exception as exc:  # torch.compile is optional here: report, don't fail
-            compile_error = f"{type(exc).__name__}: {exc}"
-
-    def plain(g: torch.Tensor, den: torch.nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            z = torch.randn(steps + 1, *g.shape)
-            x = sample_reference(den, model.schedule, model.normalise(g), z, pred="eps",
-                                 mode="ancestral")  # fmt: skip
-            return to_allocation(x, 0.2)
-
+    samplers = _Samplers(m, hidden, steps, seed, compile_torch)
     rng = np.random.default_rng(seed)
-    cases = []
-    for b in batches:
-        g = rng.uniform(1.0, 7.0, (b, m)).astype(np.float32)
+    cases = [
+        samplers.time_batch(rng.uniform(1.0, 7.0, (b, m)).astype(np.float32), repeats)
+        for b in batches
+    ]
+    return {
+        "benchmark": "sample",
+        "model": {"m": m, "hidden": hidden, "steps": steps, "schedule": "vp", "mode": "ancestral"},
+        "torch_threads": torch.get_num_threads(),
+        "torch_compile_error": samplers.compile_error,
+        "machine": machine(),
+        "cases": cases,
+    }
+
+
+class _Samplers:
+    """What :func:`sample` times, on one model (reference denoiser shape, random init): the
+    fused sampler, the plain PyTorch one, and ``torch.compile`` of the plain one while it
+    works (its error, once it fails, is kept in ``compile_error``)."""
+
+    def __init__(self, m: int, hidden: int, steps: int, seed: int, compile_torch: bool) -> None:
+        import torch
+
+        from aigxctl.diffusion import Schedule
+        from aigxctl.model import GDM, Denoiser
+
+        torch.manual_seed(seed)
+        self.model = GDM(
+            denoiser=Denoiser(m, hidden).eval(),
+            schedule=Schedule.create("vp", steps),
+            pred="eps",
+            cond_mean=np.full(m, 4.0),
+            cond_std=np.full(m, 1.7),
+            total_power=0.2,
+            noise=1.0,
+        )
+        self.fused = self.model.fused_sampler()
+        self.plain = _plain_sampler(self.model, steps)
+        self.compiled: Any = None
+        self.compile_error: str | None = None
+        if compile_torch:
+            try:
+                self.compiled = torch.compile(self.model.denoiser, dynamic=False)
+            except Exception as exc:  # torch.compile is optional here: report, don't fail
+                self.compile_error = f"{type(exc).__name__}: {exc}"
+
+    def time_batch(self, g: np.ndarray, repeats: int) -> dict[str, Any]:
+        """One case: allocations/s of each sampler on the float32 gains ``g`` and the ratios."""
+        import torch
+
+        b = len(g)
+        model, plain, fused = self.model, self.plain, self.fused
         gt = torch.from_numpy(g)
         t_plain = timeit(lambda gt=gt: plain(gt, model.denoiser), repeats, 0.2)
         t_fused = timeit(lambda g=g: fused.sample(g, 0.2, mode="ancestral", seed=1), repeats, 0.2)
@@ -265,23 +290,34 @@ def sample(
             "allocations_per_s": {"fused": b / t_fused, "torch": b / t_plain},
             "speedup_vs_torch": t_plain / t_fused,
         }
-        if compiled is not None:
+        if self.compiled is not None:
             try:
-                t_comp = timeit(lambda gt=gt, c=compiled: plain(gt, c), repeats, 0.2)
+                t_comp = timeit(lambda gt=gt, c=self.compiled: plain(gt, c), repeats, 0.2)
                 case["allocations_per_s"]["torch_compile"] = b / t_comp
                 case["speedup_vs_torch_compile"] = t_comp / t_fused
             except Exception as exc:  # compile failures surface at the first call
-                compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                compiled = None
-        cases.append(case)
-    return {
-        "benchmark": "sample",
-        "model": {"m": m, "hidden": hidden, "steps": steps, "schedule": "vp", "mode": "ancestral"},
-        "torch_threads": torch.get_num_threads(),
-        "torch_compile_error": compile_error,
-        "machine": machine(),
-        "cases": cases,
-    }
+                self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self.compiled = None
+        return case
+
+
+def _plain_sampler(
+    model: GDM, steps: int
+) -> Callable[[torch.Tensor, torch.nn.Module], torch.Tensor]:
+    """The plain PyTorch sampler of ``model`` (ancestral DDPM, T = ``steps``), run through the
+    denoiser it is given (the model's own or a compiled one)."""
+    import torch
+
+    from aigxctl.diffusion import sample_reference, to_allocation
+
+    def plain(g: torch.Tensor, den: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            z = torch.randn(steps + 1, *g.shape)
+            x = sample_reference(den, model.schedule, model.normalise(g), z, pred="eps",
+                                 mode="ancestral")  # fmt: skip
+            return to_allocation(x, 0.2)
+
+    return plain
 
 
 def _sample_api(model_dir: str, batches: list[int], repeats: int, seed: int) -> dict[str, Any]:

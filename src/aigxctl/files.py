@@ -26,7 +26,7 @@ import tempfile
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import numpy as np
 
@@ -112,15 +112,70 @@ def _delimited(lines: Iterator[str]) -> tuple[Iterator[str], str]:
     return itertools.chain(first, lines), delimiter
 
 
+class _Columns:
+    """The columns every row must have, fixed by the first non-blank row (and its fields when
+    that row is a header), and the careful reading of the rows the fast path refused."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.width: int | None = None
+        self.header: list[str] | None = None
+
+    def row(self, raw: list[str], line_no: int) -> list[float] | None:
+        """A row's numbers from its stripped fields; None for a blank line or the header."""
+        fields = [f.strip() for f in raw]
+        if not any(fields):
+            return None  # blank line
+        if self.width is None:
+            if len(fields) > MAX_COLUMNS:
+                raise UserError(
+                    f"{self.name}: row {line_no} has {len(fields):,} columns, more than the "
+                    f"limit of {MAX_COLUMNS:,}"
+                )
+            self.width = len(fields)
+            if not any(_is_number(f) for f in fields):
+                self.header = fields
+                return None
+        if len(fields) != self.width:
+            raise UserError(
+                f"{self.name}: row {line_no} has {len(fields)} columns, expected {self.width} "
+                "(every row must have the same number of columns)"
+            )
+        return _row_numbers(fields, self.name, line_no)
+
+
+def _row_numbers(fields: list[str], name: str, line_no: int) -> list[float]:
+    """The fields as numbers, or an error naming the row and column of the first that is not."""
+    values = []
+    for col, field in enumerate(fields, start=1):
+        try:
+            values.append(float(field))
+        except ValueError:
+            shown = repr(field) if field else "an empty field"
+            raise UserError(
+                f"{name}: row {line_no}, column {col}: {shown} is not a number"
+            ) from None
+    return values
+
+
+def _too_many_values(name: str, line_no: int) -> NoReturn:
+    """Refuse a file holding more than :data:`MAX_VALUES` numbers, at the row that passes it."""
+    raise UserError(
+        f"{name}: more than the limit of {MAX_VALUES:,} numbers "
+        f"({MAX_VALUES * 8 >> 30} GiB as float64) at row {line_no}; split the file"
+    )
+
+
 def _parse_csv(
     f: BinaryIO, name: str, what: str
 ) -> tuple[np.ndarray, array[int], list[str] | None]:
     # Rows go into float64 blocks as they are read, so the memory is the numbers' 8 bytes each
-    # plus one block, never Python objects for the whole file.
+    # plus one block, never Python objects for the whole file. The loop is the hot path of
+    # every CSV read: a plain row of numbers is parsed and stored inline, no helper call per row.
     row_bytes = [0]
     text, delimiter = _delimited(_text_lines(f, name, row_bytes))
     reader = csv.reader(text, delimiter=delimiter)
-    header: list[str] | None = None
+    columns = _Columns(name)
     blocks: list[np.ndarray] = []
     block = np.empty((0, 0))
     filled = total = 0
@@ -135,39 +190,13 @@ def _parse_csv(
                 with contextlib.suppress(ValueError):
                     values = list(map(float, raw))  # fast path: a plain row of numbers
             if values is None:
-                fields = [f.strip() for f in raw]
-                if not any(fields):
-                    continue  # blank line
-                if width is None:
-                    if len(fields) > MAX_COLUMNS:
-                        raise UserError(
-                            f"{name}: row {line_no} has {len(fields):,} columns, more than the "
-                            f"limit of {MAX_COLUMNS:,}"
-                        )
-                    width = len(fields)
-                    if not any(_is_number(f) for f in fields):
-                        header = fields
-                        continue
-                if len(fields) != width:
-                    raise UserError(
-                        f"{name}: row {line_no} has {len(fields)} columns, expected {width} "
-                        "(every row must have the same number of columns)"
-                    )
-                values = []
-                for col, field in enumerate(fields, start=1):
-                    try:
-                        values.append(float(field))
-                    except ValueError:
-                        shown = repr(field) if field else "an empty field"
-                        raise UserError(
-                            f"{name}: row {line_no}, column {col}: {shown} is not a number"
-                        ) from None
+                values = columns.row(raw, line_no)
+                if values is None:
+                    continue  # a blank line or the header
+                width = len(values)
             total += width
             if total > MAX_VALUES:
-                raise UserError(
-                    f"{name}: more than the limit of {MAX_VALUES:,} numbers "
-                    f"({MAX_VALUES * 8 >> 30} GiB as float64) at row {line_no}; split the file"
-                )
+                _too_many_values(name, line_no)
             if filled == len(block):
                 if filled:
                     blocks.append(block)
@@ -182,7 +211,12 @@ def _parse_csv(
         raise UserError(f"{name}: no rows of {what} (the file is empty or has only a header)")
     assert width is not None
     blocks.append(block[:filled])
-    data = np.empty((len(lines), width))
+    return _stacked(blocks, len(lines), width), lines, columns.header
+
+
+def _stacked(blocks: list[np.ndarray], rows: int, width: int) -> np.ndarray:
+    """The blocks as one ``[rows, width]`` array, emptying ``blocks``."""
+    data = np.empty((rows, width))
     # Copied block by block, each freed at once: the result's pages are touched only as they
     # are filled, so the peak stays near one copy of the numbers.
     blocks.reverse()
@@ -191,7 +225,7 @@ def _parse_csv(
         b = blocks.pop()
         data[start : start + len(b)] = b
         start += len(b)
-    return data, lines, header
+    return data
 
 
 @contextlib.contextmanager
@@ -417,31 +451,10 @@ def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
         # /dev/stdout and the like: reopening it by name would truncate the file the shell
         # opened (losing what `>>` appends to); the same open file is written instead, from a
         # spool in the temporary folder, once the output is complete.
-        spool = Path(tempfile.gettempdir()) / "aigxctl-spool"
-        _remove_stale_temps(spool)
-        try:
-            tmp = _make_temp(spool, 0o600)
-        except OSError as exc:
-            raise UserError(f"{shown}: cannot spool the output ({exc.strerror})") from None
-        try:
-            with _write_errors(shown):
-                yield tmp
-                with tmp.open("rb") as src:
-                    _copy_to_fd(src, fd)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        with _spooled_to_fd(shown, fd) as tmp:
+            yield tmp
         return
-    if not shown.parent.is_dir():
-        raise UserError(f"{shown}: the folder {shown.parent} does not exist")
-    try:
-        st: os.stat_result | None = os.stat(shown)  # follows links
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise UserError(f"{shown}: cannot write there ({exc.strerror})") from None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise UserError(f"{shown}: is a directory, expected a file name to write")
+    st = _existing_target(shown)
     if st is not None and not replace:
         raise TargetExists(f"{shown} exists")
     if (st is not None and not stat.S_ISREG(st.st_mode)) or alias:
@@ -451,6 +464,50 @@ def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
         with _write_errors(shown):
             yield shown
         return
+    with _renamed_into_place(shown, st, replace) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _spooled_to_fd(shown: Path, fd: int) -> Iterator[Path]:
+    """A private temporary file, copied to this process's open file ``fd`` once written."""
+    spool = Path(tempfile.gettempdir()) / "aigxctl-spool"
+    _remove_stale_temps(spool)
+    try:
+        tmp = _make_temp(spool, 0o600)
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot spool the output ({exc.strerror})") from None
+    try:
+        with _write_errors(shown):
+            yield tmp
+            with tmp.open("rb") as src:
+                _copy_to_fd(src, fd)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _existing_target(shown: Path) -> os.stat_result | None:
+    """What ``shown`` names now, links followed (None: nothing yet); refused when its folder is
+    missing or it is a directory."""
+    if not shown.parent.is_dir():
+        raise UserError(f"{shown}: the folder {shown.parent} does not exist")
+    try:
+        st = os.stat(shown)  # follows links
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot write there ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{shown}: is a directory, expected a file name to write")
+    return st
+
+
+@contextlib.contextmanager
+def _renamed_into_place(shown: Path, st: os.stat_result | None, replace: bool) -> Iterator[Path]:
+    """A temporary file beside the file ``shown`` names (links followed), given that name once
+    written (over the file ``st`` describes, or only if the name is still free when not
+    ``replace``) and removed on any error."""
     real = Path(os.path.realpath(shown))
     if not real.parent.is_dir():
         raise UserError(f"{shown}: links to {real}, in a folder that does not exist")
@@ -465,10 +522,7 @@ def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
         with _write_errors(shown):
             yield tmp
             if st is not None:
-                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                    with contextlib.suppress(OSError):  # allowed to root only, mostly
-                        os.chown(tmp, st.st_uid, st.st_gid)
-                os.chmod(tmp, stat.S_IMODE(st.st_mode))
+                _keep_owner_and_mode(tmp, st)
             _fsync(tmp)
             if replace:
                 os.replace(tmp, real)
@@ -478,6 +532,14 @@ def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _keep_owner_and_mode(tmp: Path, st: os.stat_result) -> None:
+    """Give the new file the owner (where allowed) and permission bits of the one it replaces."""
+    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        with contextlib.suppress(OSError):  # allowed to root only, mostly
+            os.chown(tmp, st.st_uid, st.st_gid)
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
 
 
 def atomic_write_text(target: str | Path, text: str, *, replace: bool = True) -> None:

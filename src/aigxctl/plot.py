@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +56,8 @@ def cycle_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    phases = _report_phases(report)
-    optima = _optima(phases, opt_rates)
-    spans = _spans(phases, curve, report.get("config") or {})
-    runs = _runs(curve, optima)
-    names = _panel_methods(phases, runs)
-    levels = {name: _levels(phases, name, runs.get(name, [])) for name in names}
-    # T2 trains nothing: its rows (the T1 model evaluated) are drawn as the drop, not a curve.
-    runs = {m: [r for r in rs if _base(r["phase"]) != "T2"] for m, rs in runs.items()}
-    equal = {p: f for p in phases if (f := _fraction(phases[p], "equal")) is not None}
-    lo, hi = _y_range(levels, equal, runs)
-    x_end = max((h for _, h in spans.values()), default=1.0) or 1.0
-
+    cycle = _read_cycle(report, curve, opt_rates)
+    names = cycle.names
     fig, axes = plt.subplots(
         len(names) or 1,
         1,
@@ -78,44 +69,16 @@ def cycle_figure(
     )
     axes = axes[:, 0]
     for i, ax in enumerate(axes):
-        _draw_bands(ax, spans, label=i == 0)
-        ax.hlines(100.0, 0, x_end, colors="black", linestyles="--", lw=1.0, zorder=2)
-        for phase, (p_lo, p_hi) in spans.items():
-            if phase in equal:
-                ax.hlines(equal[phase], p_lo, p_hi, colors="grey", linestyles=":", lw=1.5, zorder=2)
-        ax.grid(axis="y", alpha=0.3)
+        _draw_references(ax, cycle, label=i == 0)
     for ax, name in zip(axes, names, strict=False):
         label, colour = _look(name, names)
         ax.set_ylabel(f"{label}\n% of optimum", color=colour, fontweight="bold")
-        _draw_method(ax, name, colour, runs.get(name, []), levels[name], spans, lo, hi)
+        runs = cycle.runs.get(name, [])
+        _draw_method(ax, colour, runs, cycle.levels[name], cycle.spans, cycle.lo, cycle.hi)
     if not names:
-        axes[0].text(
-            0.5,
-            0.5,
-            "no learned method to show",
-            transform=axes[0].transAxes,
-            ha="center",
-            va="center",
-            color="grey",
-        )
-        axes[0].set_ylabel("% of optimum")
-
-    axes[0].set_ylim(lo, hi)
-    axes[0].set_xlim(0, x_end * 1.12)  # room on the right for the final values' labels
-    axes[-1].set_xlabel(
-        "training step (the T2 band is no training: the T1 models evaluated on rainstorm data)"
-        if "T2" in spans
-        else "training step"
-    )
-    fig.suptitle(
-        "AIGX virtuous cycle: T1 good weather \u2192 T2 rainstorm drift \u2192 "
-        "T3 retrained \u2014 each phase's sum rate as % of its optimum",
-        fontsize=11,
-    )
-    combined = any(r["phase"].endswith("c") for rs in runs.values() for r in rs) or any(
-        k.endswith(COMBINED) for p in phases.values() for k in p
-    )
-    _legend(fig, combined)
+        _draw_no_method(axes[0])
+    _draw_frame(fig, axes, cycle)
+    _legend(fig, cycle.combined)
     try:
         for suffix in (".png", ".svg"):
             with atomic_path(path.with_suffix(suffix)) as tmp:
@@ -284,6 +247,51 @@ def _y_range(
     return bottom - 0.14 * span, top + 0.05 * span  # below: room for the T2 drop's label
 
 
+@dataclass
+class _Cycle:
+    """What the figure shows, read from the report and the curve."""
+
+    names: list[str]  # the methods with a panel, in panel order
+    runs: dict[str, list[dict]]  # {method: its training runs} (T2's rows are the drop instead)
+    levels: dict[str, dict[str, float]]  # {method: its final evaluations, see _levels}
+    spans: dict[str, tuple[float, float]]  # {phase: its band on the step axis}
+    equal: dict[str, float]  # {phase: the equal split, % of its optimum}
+    lo: float  # the y range, shared by the panels
+    hi: float
+    x_end: float  # the last band's end
+    combined: bool  # whether a model retrained on T1 + T2 data is shown (a key entry of its own)
+
+
+def _read_cycle(
+    report: dict[str, Any], curve: list[dict[str, Any]], opt_rates: dict[str, float]
+) -> _Cycle:
+    """Everything the figure draws, from the report, the curve and the phases' optima."""
+    phases = _report_phases(report)
+    optima = _optima(phases, opt_rates)
+    spans = _spans(phases, curve, report.get("config") or {})
+    runs = _runs(curve, optima)
+    names = _panel_methods(phases, runs)
+    levels = {name: _levels(phases, name, runs.get(name, [])) for name in names}
+    # T2 trains nothing: its rows (the T1 model evaluated) are drawn as the drop, not a curve.
+    runs = {m: [r for r in rs if _base(r["phase"]) != "T2"] for m, rs in runs.items()}
+    equal = {p: f for p in phases if (f := _fraction(phases[p], "equal")) is not None}
+    lo, hi = _y_range(levels, equal, runs)
+    combined = any(r["phase"].endswith("c") for rs in runs.values() for r in rs) or any(
+        k.endswith(COMBINED) for p in phases.values() for k in p
+    )
+    return _Cycle(
+        names=names,
+        runs=runs,
+        levels=levels,
+        spans=spans,
+        equal=equal,
+        lo=lo,
+        hi=hi,
+        x_end=max((h for _, h in spans.values()), default=1.0) or 1.0,
+        combined=combined,
+    )
+
+
 # ---- drawing -------------------------------------------------------------------------------
 
 
@@ -311,9 +319,61 @@ def _draw_bands(ax: Any, spans: dict[str, tuple[float, float]], label: bool) -> 
             )
 
 
+def _draw_references(ax: Any, cycle: _Cycle, label: bool) -> None:
+    """What every panel has behind its method: the phase bands (named over the top panel, when
+    ``label``), the optimum's 100 % line and each phase's equal split."""
+    _draw_bands(ax, cycle.spans, label=label)
+    ax.hlines(100.0, 0, cycle.x_end, colors="black", linestyles="--", lw=1.0, zorder=2)
+    for phase, (p_lo, p_hi) in cycle.spans.items():
+        if phase in cycle.equal:
+            ax.hlines(
+                cycle.equal[phase], p_lo, p_hi, colors="grey", linestyles=":", lw=1.5, zorder=2
+            )
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _draw_no_method(ax: Any) -> None:
+    """The one panel of a cycle with no learned method: says so."""
+    ax.text(
+        0.5,
+        0.5,
+        "no learned method to show",
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color="grey",
+    )
+    ax.set_ylabel("% of optimum")
+
+
+def _draw_frame(fig: Any, axes: Any, cycle: _Cycle) -> None:
+    """The shared axes' ranges, the step axis's label and the figure's title."""
+    axes[0].set_ylim(cycle.lo, cycle.hi)
+    axes[0].set_xlim(0, cycle.x_end * 1.12)  # room on the right for the final values' labels
+    axes[-1].set_xlabel(
+        "training step (the T2 band is no training: the T1 models evaluated on rainstorm data)"
+        if "T2" in cycle.spans
+        else "training step"
+    )
+    fig.suptitle(
+        "AIGX virtuous cycle: T1 good weather \u2192 T2 rainstorm drift \u2192 "
+        "T3 retrained \u2014 each phase's sum rate as % of its optimum",
+        fontsize=11,
+    )
+
+
+# The labels of the values drawn (drops, final evaluations): bold on a light box, over the lines.
+BOLD_LABEL = {
+    "fontsize": 8,
+    "fontweight": "bold",
+    "textcoords": "offset points",
+    "zorder": 7,
+    "bbox": {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+}
+
+
 def _draw_method(
     ax: Any,
-    name: str,
     colour: str,
     runs: list[dict],
     levels: dict[str, float],
@@ -322,115 +382,22 @@ def _draw_method(
     hi: float,
 ) -> None:
     """One panel: the method's learning curves, its T2 drop, its final evaluations."""
-    bold = {
-        "fontsize": 8,
-        "fontweight": "bold",
-        "textcoords": "offset points",
-        "zorder": 7,
-        "bbox": {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
-    }
     for run in runs:
-        combined = run["phase"].endswith("c")
-        xs, ys = run["xs"], run["ys"]
-        ax.plot(
-            xs,
-            ys,
-            color=colour,
-            lw=1.3 if combined else 1.8,
-            ls="--" if combined else "-",
-            marker="s" if combined else "o",
-            ms=3 if combined else 2.5,
-            zorder=4,
-            alpha=0.85 if combined else 1.0,
-        )
-        below = [(x, y) for x, y in zip(xs, ys, strict=True) if y < lo]
-        if below:  # the curve comes from below the zoomed range: say from where
-            x, y = min(below, key=lambda p: p[1])
-            ax.annotate(
-                f"\u2193 {y:.1f} %",
-                (x, lo),
-                xytext=(3, 3),
-                textcoords="offset points",
-                fontsize=7,
-                color=colour,
-                va="bottom",
-                ha="left",
-            )
-
-    # The T2 drop: the T1 model on the rainstorm's data, beside what it got in T1.
+        _draw_curve(ax, colour, run, lo)
     if "T2" in levels and "T2" in spans:
-        t2_lo, t2_hi = spans["T2"]
-        y2, mid = levels["T2"], (t2_lo + t2_hi) / 2
-        ax.hlines(y2, t2_lo, t2_hi, colors=DRIFT, lw=3.5, zorder=5)
-        ax.annotate(
-            f"{y2:.1f} %", (mid, y2), xytext=(0, -4), ha="center", va="top", color=DRIFT, **bold
-        )
-        if "T1" in levels:
-            y1 = levels["T1"]
-            ax.annotate(
-                "",
-                (mid, y2),
-                xytext=(mid, y1),
-                zorder=6,
-                arrowprops={
-                    "arrowstyle": "-|>",
-                    "color": DRIFT,
-                    "lw": 1.5,
-                    "shrinkA": 0,
-                    "shrinkB": 2,
-                },
-            )
-            ax.annotate(
-                _pts("drift", y2 - y1),
-                (t2_lo, (y1 + y2) / 2),
-                xytext=(-4, 0),
-                ha="right",
-                va="center",
-                color=DRIFT,
-                **bold,
-            )
-
+        _draw_drop(ax, levels, spans["T2"])
     # The final test evaluation of each phase that trains, and what retraining won back.
     if "T1" in levels and "T1" in spans:
         x, y = spans["T1"][1], levels["T1"]
         ax.plot([x], [y], "o", color=colour, mec="black", ms=7, zorder=7)
         ax.annotate(
-            f"{y:.1f} %", (x, y), xytext=(-5, -5), ha="right", va="top", color=colour, **bold
+            f"{y:.1f} %", (x, y), xytext=(-5, -5), ha="right", va="top", color=colour, **BOLD_LABEL
         )
     ends = [(k, levels[k]) for k in ("T3", "T3c") if k in levels and "T3" in spans]
     if ends:
-        t3_lo, x = spans["T3"]
-        placed = _spread([y for _, y in ends], 0.08 * (hi - lo))
-        for (key, y), ty in zip(ends, placed, strict=True):
-            combined = key == "T3c"
-            ax.plot(
-                [x],
-                [y],
-                "s" if combined else "o",
-                color=colour,
-                mec="black",
-                ms=6 if combined else 7,
-                zorder=7,
-            )
-            ax.annotate(
-                f"{y:.1f} %" + (" (T1+T2)" if combined else ""),
-                (x, ty),
-                xytext=(6, 0),
-                va="center",
-                color=colour,
-                **bold,
-            )
+        _draw_retrained(ax, colour, ends, spans["T3"], 0.08 * (hi - lo))
         if "T2" in levels:
-            y3 = max(y for _, y in ends)
-            ax.annotate(
-                _pts("retrain", y3 - levels["T2"]),
-                ((t3_lo + x) / 2, (y3 + levels["T2"]) / 2),
-                xytext=(0, 0),
-                ha="center",
-                va="center",
-                color="#15803d",
-                **bold,
-            )
+            _draw_won_back(ax, max(y for _, y in ends), levels["T2"], spans["T3"])
     if not runs and levels:
         ax.text(
             0.01,
@@ -441,6 +408,112 @@ def _draw_method(
             color="#6b7280",
             style="italic",
         )
+
+
+def _draw_curve(ax: Any, colour: str, run: dict, lo: float) -> None:
+    """One training run's validation curve (dashed for the model retrained on T1 + T2), and
+    where it comes from when it starts below the panel."""
+    combined = run["phase"].endswith("c")
+    xs, ys = run["xs"], run["ys"]
+    ax.plot(
+        xs,
+        ys,
+        color=colour,
+        lw=1.3 if combined else 1.8,
+        ls="--" if combined else "-",
+        marker="s" if combined else "o",
+        ms=3 if combined else 2.5,
+        zorder=4,
+        alpha=0.85 if combined else 1.0,
+    )
+    below = [(x, y) for x, y in zip(xs, ys, strict=True) if y < lo]
+    if below:  # the curve comes from below the zoomed range: say from where
+        x, y = min(below, key=lambda p: p[1])
+        ax.annotate(
+            f"\u2193 {y:.1f} %",
+            (x, lo),
+            xytext=(3, 3),
+            textcoords="offset points",
+            fontsize=7,
+            color=colour,
+            va="bottom",
+            ha="left",
+        )
+
+
+def _draw_drop(ax: Any, levels: dict[str, float], t2_span: tuple[float, float]) -> None:
+    """The T2 drop: the T1 model on the rainstorm's data, beside what it got in T1."""
+    t2_lo, t2_hi = t2_span
+    y2, mid = levels["T2"], (t2_lo + t2_hi) / 2
+    ax.hlines(y2, t2_lo, t2_hi, colors=DRIFT, lw=3.5, zorder=5)
+    ax.annotate(
+        f"{y2:.1f} %", (mid, y2), xytext=(0, -4), ha="center", va="top", color=DRIFT, **BOLD_LABEL
+    )
+    if "T1" not in levels:
+        return
+    y1 = levels["T1"]
+    ax.annotate(
+        "",
+        (mid, y2),
+        xytext=(mid, y1),
+        zorder=6,
+        arrowprops={"arrowstyle": "-|>", "color": DRIFT, "lw": 1.5, "shrinkA": 0, "shrinkB": 2},
+    )
+    ax.annotate(
+        _pts("drift", y2 - y1),
+        (t2_lo, (y1 + y2) / 2),
+        xytext=(-4, 0),
+        ha="right",
+        va="center",
+        color=DRIFT,
+        **BOLD_LABEL,
+    )
+
+
+def _draw_retrained(
+    ax: Any,
+    colour: str,
+    ends: list[tuple[str, float]],
+    t3_span: tuple[float, float],
+    gap: float,
+) -> None:
+    """The T3 final evaluations (``ends``: the fine-tuned model and the one retrained on T1 + T2
+    data, as there are), at the band's end, their labels at least ``gap`` apart."""
+    x = t3_span[1]
+    placed = _spread([y for _, y in ends], gap)
+    for (key, y), ty in zip(ends, placed, strict=True):
+        combined = key == "T3c"
+        ax.plot(
+            [x],
+            [y],
+            "s" if combined else "o",
+            color=colour,
+            mec="black",
+            ms=6 if combined else 7,
+            zorder=7,
+        )
+        ax.annotate(
+            f"{y:.1f} %" + (" (T1+T2)" if combined else ""),
+            (x, ty),
+            xytext=(6, 0),
+            va="center",
+            color=colour,
+            **BOLD_LABEL,
+        )
+
+
+def _draw_won_back(ax: Any, y3: float, y2: float, t3_span: tuple[float, float]) -> None:
+    """What retraining won back: the best T3 evaluation ``y3`` over the T2 drop ``y2``."""
+    t3_lo, x = t3_span
+    ax.annotate(
+        _pts("retrain", y3 - y2),
+        ((t3_lo + x) / 2, (y3 + y2) / 2),
+        xytext=(0, 0),
+        ha="center",
+        va="center",
+        color="#15803d",
+        **BOLD_LABEL,
+    )
 
 
 def _legend(fig: Any, combined: bool) -> None:

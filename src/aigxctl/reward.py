@@ -60,53 +60,22 @@ def train_reward(
     torch.manual_seed(cfg.seed)
     scen = scenarios.get(cfg.scenario)
     rng = np.random.default_rng(cfg.seed)
-    model = _initial_model(cfg, scen, rng)
-    model.denoiser.train()
-    critics = [Critic(scen.m, model.denoiser.hidden), Critic(scen.m, model.denoiser.hidden)]
-    actor_opt = torch.optim.AdamW(model.denoiser.parameters(), lr=cfg.lr)
-    critic_opt = torch.optim.AdamW([p for c in critics for p in c.parameters()], lr=cfg.critic_lr)
+    learner = _ActorCritic(cfg, scen, _initial_model(cfg, scen, rng))
+    model = learner.model
     val = scen.sample(cfg.val_samples, rng)
     val_opt = metrics.optimum_rate(val, scen.total_power, scen.noise)
-    p, s2 = scen.total_power, scen.noise
     t0 = time.perf_counter()
     last: dict[str, Any] = {}
     lines = []
     for step in range(cfg.steps):
         g = torch.as_tensor(scen.sample(cfg.batch, rng), dtype=torch.float32)
-        state = model.normalise(g)
-        z = torch.randn(model.T + 1, *g.shape)
-        acting = step >= cfg.warmup_steps
-        with torch.set_grad_enabled(acting):  # no graph while only the critics learn
-            frac = to_allocation(
-                reverse_process(
-                    model.denoiser, model.schedule, state, z, pred=model.pred, mode="ancestral"
-                ),
-                1.0,
-            )
-        # Critics: regress the reward of perturbed copies of the policy's actions.
-        explore = to_allocation(frac.detach() + cfg.exploration * torch.randn_like(frac), 1.0)
-        reward = _sum_rate(g, p * explore, s2)
-        critic_loss = sum(nn.functional.mse_loss(c(state, explore), reward) for c in critics)
-        critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_opt.step()
-        # Actor: climb the pessimistic critic.
-        if acting:
-            q = torch.min(critics[0](state, frac), critics[1](state, frac))
-            actor_loss = -q.mean()
-            actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            actor_opt.step()
+        critic_loss = learner.step(g, acting=step >= cfg.warmup_steps)
         done = step + 1
         if done % cfg.val_every == 0 or done == cfg.steps:
-            model.weights_changed()
-            model.denoiser.eval()
-            rate = float(core.sum_rate(val, model.allocate(val, seed=1), scen.noise).mean())
-            model.denoiser.train()
             last = {
                 "step": done,
                 "critic_loss": float(critic_loss.detach()),
-                "val_fraction": rate / val_opt,
+                "val_fraction": _validation_rate(model, val, scen.noise) / val_opt,
                 "seconds": time.perf_counter() - t0,
             }
             lines.append(last)
@@ -119,6 +88,81 @@ def train_reward(
                 },
             )
     model.denoiser.eval()
+    _save(cfg, scen, model, last, lines)
+    return {**last, "seconds": time.perf_counter() - t0, "samples": cfg.steps * cfg.batch}
+
+
+class _ActorCritic:
+    """The policy (the actor), its two critics and their optimisers, trained a step at a time."""
+
+    def __init__(self, cfg: RewardConfig, scen: scenarios.Scenario, model: GDM) -> None:
+        self.model = model
+        self.power, self.noise = scen.total_power, scen.noise
+        self.exploration = cfg.exploration
+        model.denoiser.train()
+        hidden = model.denoiser.hidden
+        self.critics = [Critic(scen.m, hidden), Critic(scen.m, hidden)]
+        self.actor_opt = torch.optim.AdamW(model.denoiser.parameters(), lr=cfg.lr)
+        self.critic_opt = torch.optim.AdamW(
+            [p for c in self.critics for p in c.parameters()], lr=cfg.critic_lr
+        )
+
+    def step(self, g: torch.Tensor, acting: bool) -> torch.Tensor:
+        """One step on the gains ``g``: the critics learn, and the policy too when ``acting``
+        (not during the critics' warm-up). Returns the critics' loss."""
+        model = self.model
+        state = model.normalise(g)
+        z = torch.randn(model.T + 1, *g.shape)
+        with torch.set_grad_enabled(acting):  # no graph while only the critics learn
+            frac = to_allocation(
+                reverse_process(
+                    model.denoiser, model.schedule, state, z, pred=model.pred, mode="ancestral"
+                ),
+                1.0,
+            )
+        critic_loss = self._fit_critics(g, state, frac)
+        if acting:
+            self._climb(state, frac)
+        return critic_loss
+
+    def _fit_critics(
+        self, g: torch.Tensor, state: torch.Tensor, frac: torch.Tensor
+    ) -> torch.Tensor:
+        """Critics: regress the reward of perturbed copies of the policy's actions."""
+        explore = to_allocation(frac.detach() + self.exploration * torch.randn_like(frac), 1.0)
+        reward = _sum_rate(g, self.power * explore, self.noise)
+        loss = sum(nn.functional.mse_loss(c(state, explore), reward) for c in self.critics)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        return loss
+
+    def _climb(self, state: torch.Tensor, frac: torch.Tensor) -> None:
+        """Actor: climb the pessimistic critic, min(Q1, Q2)."""
+        q = torch.min(self.critics[0](state, frac), self.critics[1](state, frac))
+        actor_loss = -q.mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+
+
+def _validation_rate(model: GDM, val: np.ndarray, noise: float) -> float:
+    """The policy's mean sum rate on the validation gains (evaluated in eval mode)."""
+    model.weights_changed()
+    model.denoiser.eval()
+    rate = float(core.sum_rate(val, model.allocate(val, seed=1), noise).mean())
+    model.denoiser.train()
+    return rate
+
+
+def _save(
+    cfg: RewardConfig,
+    scen: scenarios.Scenario,
+    model: GDM,
+    last: dict[str, Any],
+    lines: list[dict[str, Any]],
+) -> None:
+    """Write the trained policy's checkpoint, with the validation rows as its metrics."""
     save_model(
         model,
         Path(cfg.out),
@@ -132,7 +176,6 @@ def train_reward(
         },
         metrics=[json.dumps(x) for x in lines],
     )
-    return {**last, "seconds": time.perf_counter() - t0, "samples": cfg.steps * cfg.batch}
 
 
 def _initial_model(cfg: RewardConfig, scen: scenarios.Scenario, rng: np.random.Generator) -> GDM:
