@@ -10,10 +10,4 @@
 #define AIGX_HD inline
 #endif
 
-// Hot loops are compiled twice, for baseline x86-64 and for AVX2 + FMA, and picked at load time,
-// so the wheel stays portable and still uses the wide units where they exist.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AIGX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define AIGX_MULTIVERSION
-#endif
+// The CPU hot loops are compiled once per instruction-set level and picked at run time: isa.h.

@@ -1,15 +1,22 @@
 // pybind11 module aigxctl._core: thin wrappers from NumPy buffers (CPU) and raw device pointers
 // (CUDA) to the entry points in ops.h. Validation and dtype/device dispatch live in Python
-// (aigxctl/core.py); this file only checks what would otherwise be a memory error.
+// (aigxctl/core.py: one helper checks every tensor handed to a CUDA entry point); this file checks
+// what would otherwise be a memory error and is cheap to check from sizes: shapes, the pack's
+// size, the noise's shape, the power budget's count. A device pointer carries no size, so the
+// CUDA wrappers take the sizes of the buffers behind them too.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <optional>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include <pybind11/stl.h>
 
-#include "denoise.h"
+#include "denoise.h"  // normal4, PackLayout
+#include "fp_mode.h"
+#include "isa.h"
 #include "ops.h"
 #include "thread_pool.h"
 
@@ -96,14 +103,26 @@ CArray<float> fused_sample(CArray<float> pack, int m, int hidden, int steps, int
   return power;
 }
 
-void denoise_step(CArray<float> x, CArray<float> out, std::optional<CArray<float>> z,
-                  CArray<float> consts, int pred, int mode) {
-  check_mode(mode);
-  if (out.size() != x.size() || (z && z->size() != x.size()) || consts.size() != 9)
-    throw std::invalid_argument("x, out, z must have one size; consts must hold 9 floats");
-  py::gil_scoped_release release;
-  aigx::denoise_step_cpu(x.mutable_data(), out.data(), z ? z->data() : nullptr, consts.data(),
-                         x.size(), pred, mode);
+void check_dtype(int dtype) {
+  if (dtype != 0 && dtype != 1)
+    throw std::invalid_argument("dtype must be 0 (float32) or 1 (float64)");
+}
+
+void check_rows(int64_t rows, int m) {
+  if (rows < 0 || m < 1) throw std::invalid_argument("rows must be >= 0 and m >= 1");
+}
+
+// total_power holds `count` values: 1 (one P for all rows) or one per row.
+bool per_row(int64_t count, int64_t rows) {
+  if (count != 1 && count != rows)
+    throw std::invalid_argument("total_power must hold 1 or rows values, got " +
+                                std::to_string(count));
+  return count != 1;
+}
+
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
 }
 
 CArray<float> philox_normals(uint64_t seed, int64_t rows, int slots, int m) {
@@ -139,30 +158,38 @@ PYBIND11_MODULE(_core, m) {
         "Usable GPUs seen by the core's CUDA runtime (0 without a driver or device).");
   m.def(
       "waterfill_cuda",
-      [](int dtype, std::uintptr_t gains, std::uintptr_t power, std::uintptr_t level,
-         std::uintptr_t total_power, bool per_row, int64_t rows, int m_, double noise,
+      [](int device, int dtype, std::uintptr_t gains, std::uintptr_t power, std::uintptr_t level,
+         std::uintptr_t total_power, int64_t power_count, int64_t rows, int m_, double noise,
          std::uintptr_t stream) {
+        check_dtype(dtype);
+        check_rows(rows, m_);
+        const bool rowwise = per_row(power_count, rows);
+        if (!(noise > 0)) throw std::invalid_argument("noise must be > 0");
         py::gil_scoped_release release;
-        aigx::waterfill_cuda(dtype, reinterpret_cast<const void*>(gains),
-                             reinterpret_cast<void*>(power), reinterpret_cast<double*>(level),
-                             reinterpret_cast<const double*>(total_power), per_row, rows, m_,
-                             noise, stream);
+        aigx::waterfill_cuda(device, dtype, ptr<const void>(gains), ptr<void>(power),
+                             ptr<double>(level), ptr<const double>(total_power), rowwise, rows,
+                             m_, noise, stream);
       },
-      py::arg("dtype"), py::arg("gains"), py::arg("power"), py::arg("level"),
-      py::arg("total_power"), py::arg("per_row_power"), py::arg("rows"), py::arg("m"),
+      py::arg("device"), py::arg("dtype"), py::arg("gains"), py::arg("power"), py::arg("level"),
+      py::arg("total_power"), py::arg("power_count"), py::arg("rows"), py::arg("m"),
       py::arg("noise"), py::arg("stream"),
-      "Device-pointer water-filling (dtype 0 = float32, 1 = float64); level may be 0 (null).");
+      "Device-pointer water-filling on GPU `device` (dtype 0 = float32, 1 = float64): gains and "
+      "power [rows, m], level [rows] float64 (may be 0: null), total_power float64 [power_count] "
+      "(1 or rows).");
   m.def(
       "sum_rate_cuda",
-      [](int dtype, std::uintptr_t gains, std::uintptr_t power, std::uintptr_t rate, int64_t rows,
-         int m_, double noise, std::uintptr_t stream) {
+      [](int device, int dtype, std::uintptr_t gains, std::uintptr_t power, std::uintptr_t rate,
+         int64_t rows, int m_, double noise, std::uintptr_t stream) {
+        check_dtype(dtype);
+        check_rows(rows, m_);
+        if (!(noise > 0)) throw std::invalid_argument("noise must be > 0");
         py::gil_scoped_release release;
-        aigx::sum_rate_cuda(dtype, reinterpret_cast<const void*>(gains),
-                            reinterpret_cast<const void*>(power), reinterpret_cast<double*>(rate),
-                            rows, m_, noise, stream);
+        aigx::sum_rate_cuda(device, dtype, ptr<const void>(gains), ptr<const void>(power),
+                            ptr<double>(rate), rows, m_, noise, stream);
       },
-      py::arg("dtype"), py::arg("gains"), py::arg("power"), py::arg("rate"), py::arg("rows"),
-      py::arg("m"), py::arg("noise"), py::arg("stream"));
+      py::arg("device"), py::arg("dtype"), py::arg("gains"), py::arg("power"), py::arg("rate"),
+      py::arg("rows"), py::arg("m"), py::arg("noise"), py::arg("stream"),
+      "Device-pointer sum rate on GPU `device`: gains and power [rows, m], rate [rows] float64.");
 
   m.def(
       "pack_layout",
@@ -183,40 +210,64 @@ PYBIND11_MODULE(_core, m) {
         "Fused reverse diffusion on the CPU: raw gains [B, M] float32 -> allocations [B, M].");
   m.def(
       "fused_sample_cuda",
-      [](std::uintptr_t pack, int m_, int hidden, int steps, int pred, std::uintptr_t gains,
-         int64_t rows, std::uintptr_t total_power, bool per_row, std::uintptr_t noise,
+      [](int device, std::uintptr_t pack, int64_t pack_size, int m_, int hidden, int steps,
+         int pred, std::uintptr_t gains, int64_t rows, std::uintptr_t total_power,
+         int64_t power_count, std::uintptr_t noise, std::vector<int64_t> noise_shape,
          uint64_t seed, int mode, std::uintptr_t power, std::uintptr_t stream) {
         check_mode(mode);
+        if (rows < 0) throw std::invalid_argument("rows must be >= 0");
         const auto spec = make_spec(m_, hidden, steps, pred, rows);
+        if (pack_size != aigx::pack_layout(m_, hidden, steps).total)
+          throw std::invalid_argument("pack has the wrong size for (m, hidden, steps)");
+        const bool rowwise = per_row(power_count, rows);
+        if (noise != 0 && noise_shape != std::vector<int64_t>{steps + 1, rows, m_})
+          throw std::invalid_argument("noise must be [steps + 1, rows, M]");
         py::gil_scoped_release release;
-        aigx::fused_sample_cuda(spec, reinterpret_cast<const float*>(pack),
-                                reinterpret_cast<const float*>(gains),
-                                reinterpret_cast<const double*>(total_power), per_row,
-                                reinterpret_cast<const float*>(noise), seed, mode,
-                                reinterpret_cast<float*>(power), stream);
+        aigx::fused_sample_cuda(device, spec, ptr<const float>(pack), ptr<const float>(gains),
+                                ptr<const double>(total_power), rowwise, ptr<const float>(noise),
+                                seed, mode, ptr<float>(power), stream);
       },
-      py::arg("pack"), py::arg("m"), py::arg("hidden"), py::arg("steps"), py::arg("pred"),
-      py::arg("gains"), py::arg("rows"), py::arg("total_power"), py::arg("per_row_power"),
-      py::arg("noise"), py::arg("seed"), py::arg("mode"), py::arg("power"), py::arg("stream"),
-      "Device-pointer fused sampler; noise 0 means Philox normals from seed.");
-  m.def("denoise_step", &denoise_step, py::arg("x"), py::arg("out"), py::arg("z"),
-        py::arg("consts"), py::arg("pred"), py::arg("mode"),
-        "One reverse step in place for any denoiser's output (CPU, float32).");
-  m.def(
-      "denoise_step_cuda",
-      [](std::uintptr_t x, std::uintptr_t out, std::uintptr_t z, std::uintptr_t consts, int64_t n,
-         int pred, int mode, std::uintptr_t stream) {
-        check_mode(mode);
-        py::gil_scoped_release release;
-        aigx::denoise_step_cuda(reinterpret_cast<float*>(x), reinterpret_cast<const float*>(out),
-                                reinterpret_cast<const float*>(z),
-                                reinterpret_cast<const float*>(consts), n, pred, mode, stream);
-      },
-      py::arg("x"), py::arg("out"), py::arg("z"), py::arg("consts"), py::arg("n"),
-      py::arg("pred"), py::arg("mode"), py::arg("stream"));
+      py::arg("device"), py::arg("pack"), py::arg("pack_size"), py::arg("m"), py::arg("hidden"),
+      py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("rows"),
+      py::arg("total_power"), py::arg("power_count"), py::arg("noise"), py::arg("noise_shape"),
+      py::arg("seed"), py::arg("mode"), py::arg("power"), py::arg("stream"),
+      "Device-pointer fused sampler on GPU `device`: pack float32 [pack_size], gains and power "
+      "[rows, m] float32, total_power float64 [power_count]; noise 0 means Philox normals from "
+      "seed, else float32 of shape noise_shape = [steps + 1, rows, m].");
   m.def("philox_normals", &philox_normals, py::arg("seed"), py::arg("rows"), py::arg("slots"),
         py::arg("m"),
         "The normals the CUDA sampler draws when no noise is given, [slots, rows, M] (for tests).");
+
+  m.def("isa", [] { return std::string(aigx::isa_name(aigx::isa_active())); },
+        "The instruction-set level the CPU hot loops use now: baseline, avx2 or avx512.");
+  m.def(
+      "isa_available",
+      [] {
+        py::list out;
+        for (int level = aigx::kIsaBaseline; level <= aigx::isa_supported(); ++level)
+          out.append(aigx::isa_name(level));
+        return out;
+      },
+      "The levels this build and this CPU can run, lowest first.");
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        for (int level = aigx::kIsaBaseline; level <= aigx::kIsaAvx512; ++level) {
+          if (name != aigx::isa_name(level)) continue;
+          if (!aigx::set_isa(level))
+            throw std::invalid_argument("ISA " + name + " is not available here (best: " +
+                                        aigx::isa_name(aigx::isa_supported()) + ")");
+          return;
+        }
+        throw std::invalid_argument("unknown ISA " + name + ": expected baseline, avx2 or avx512");
+      },
+      py::arg("name"), "Use this level from the next call on; ValueError when unavailable.");
+  m.def("fp_mode", [] { return aigx::fp_mode(); },
+        "The calling thread's floating-point control word (MXCSR on x86, FPCR on AArch64, 0 "
+        "elsewhere); the core never leaves it changed.");
+  m.def(
+      "set_fp_mode", [](uint64_t v) { aigx::set_fp_mode(v); }, py::arg("mode"),
+      "Set the calling thread's control word (for tests of fp_mode; not for normal use).");
 
   m.def("num_threads", [] { return aigx::ThreadPool::instance().num_threads(); },
         "Threads the core's CPU pool uses, the caller included.");

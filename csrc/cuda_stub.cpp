@@ -9,11 +9,12 @@ namespace aigx {
 bool cuda_built() { return false; }
 int cuda_device_count() { return 0; }
 
-void waterfill_cuda(int, const void*, void*, double*, const double*, bool, int64_t, int, double,
-                    std::uintptr_t) {
+void waterfill_cuda(int, int, const void*, void*, double*, const double*, bool, int64_t, int,
+                    double, std::uintptr_t) {
   throw std::runtime_error("aigxctl._core was built without CUDA");
 }
-void sum_rate_cuda(int, const void*, const void*, double*, int64_t, int, double, std::uintptr_t) {
+void sum_rate_cuda(int, int, const void*, const void*, double*, int64_t, int, double,
+                   std::uintptr_t) {
   throw std::runtime_error("aigxctl._core was built without CUDA");
 }
 
@@ -21,12 +22,8 @@ void sum_rate_cuda(int, const void*, const void*, double*, int64_t, int, double,
 
 namespace aigx {
 
-void fused_sample_cuda(const FusedSpec&, const float*, const float*, const double*, bool,
+void fused_sample_cuda(int, const FusedSpec&, const float*, const float*, const double*, bool,
                        const float*, uint64_t, int, float*, std::uintptr_t) {
-  throw std::runtime_error("aigxctl._core was built without CUDA");
-}
-void denoise_step_cuda(float*, const float*, const float*, const float*, int64_t, int, int,
-                       std::uintptr_t) {
   throw std::runtime_error("aigxctl._core was built without CUDA");
 }
 

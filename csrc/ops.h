@@ -21,12 +21,15 @@ bool cuda_built();
 // Number of usable GPUs (0 when there is no driver or device, never an error).
 int cuda_device_count();
 
-// dtype: 0 = float32, 1 = float64. All pointers are device pointers.
-void waterfill_cuda(int dtype, const void* gains, void* power, double* level,
+// The CUDA entry points take the index of the GPU the pointers live on and make it current for the
+// core's own CUDA runtime before launching (see cuda_enter in waterfill_cuda.cu), then check the
+// launch (and, with AIGX_CUDA_SYNC=1, wait for the kernel and check what it did).
+// dtype: 0 = float32, 1 = float64. All pointers are device pointers on GPU `device`.
+void waterfill_cuda(int device, int dtype, const void* gains, void* power, double* level,
                     const double* total_power, bool per_row_power, int64_t rows, int m,
                     double noise, std::uintptr_t stream);
-void sum_rate_cuda(int dtype, const void* gains, const void* power, double* rate, int64_t rows,
-                   int m, double noise, std::uintptr_t stream);
+void sum_rate_cuda(int device, int dtype, const void* gains, const void* power, double* rate,
+                   int64_t rows, int m, double noise, std::uintptr_t stream);
 
 // Fused sampler over a packed MLP denoiser (layout: denoise.h, PackLayout). `noise` is
 // [steps + 1, rows_total, m] float32 or null (then Philox normals from `seed`); `total_power` is
@@ -42,16 +45,9 @@ struct FusedSpec {
 void fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
                       const double* total_power, bool per_row_power, const float* noise,
                       uint64_t seed, int mode, float* power);
-// Same, all pointers on the device, launched on `stream`.
-void fused_sample_cuda(const FusedSpec& spec, const float* pack, const float* gains,
+// Same, all pointers on GPU `device`, launched on `stream`.
+void fused_sample_cuda(int device, const FusedSpec& spec, const float* pack, const float* gains,
                        const double* total_power, bool per_row_power, const float* noise,
                        uint64_t seed, int mode, float* power, std::uintptr_t stream);
-
-// One reverse step for a whole batch x [n] (any denoiser): x <- step_update(x, out, z) with the
-// step's constants (9 floats, StepConsts order); z may be null (no noise).
-void denoise_step_cpu(float* x, const float* out, const float* z, const float* consts, int64_t n,
-                      int pred, int mode);
-void denoise_step_cuda(float* x, const float* out, const float* z, const float* consts, int64_t n,
-                       int pred, int mode, std::uintptr_t stream);
 
 }  // namespace aigx

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_launch.h"
 #include "denoise.h"
 #include "ops.h"
 
@@ -17,10 +18,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxTile = 8;
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
 
 // Y[s, n] = act(sum_k A[s, k] Wt[k, n] + bias[n] + add_rows[s, n]) for the block's `rows` samples.
 __device__ void dense_block(const float* a, int rows, int k_dim, const float* __restrict__ wt,
@@ -132,22 +129,13 @@ __global__ void fused_sample_kernel(FusedSpec spec, const float* __restrict__ pa
   }
 }
 
-__global__ void denoise_step_kernel(float* x, const float* out, const float* z,
-                                    const float* consts, int64_t n, int pred, int mode) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  StepConsts c;
-  float* cf = reinterpret_cast<float*>(&c);
-  for (int q = 0; q < 9; ++q) cf[q] = consts[q];
-  x[i] = step_update(x[i], out[i], z ? z[i] : 0.0f, c, pred, mode);
-}
-
 }  // namespace
 
-void fused_sample_cuda(const FusedSpec& spec, const float* pack, const float* gains,
+void fused_sample_cuda(int device, const FusedSpec& spec, const float* pack, const float* gains,
                        const double* total_power, bool per_row_power, const float* noise,
                        uint64_t seed, int mode, float* power, std::uintptr_t stream) {
   if (spec.rows_total == 0) return;
+  const auto s = reinterpret_cast<cudaStream_t>(stream);
   // As many samples per block as fit in 48 KiB of shared memory, at most kMaxTile.
   const PackLayout l = pack_layout(spec.m, spec.hidden, spec.steps);
   const size_t per_sample =
@@ -155,18 +143,10 @@ void fused_sample_cuda(const FusedSpec& spec, const float* pack, const float* ga
   const int tile = static_cast<int>(std::min<size_t>(kMaxTile, (48 * 1024) / per_sample));
   if (tile < 1) throw std::invalid_argument("fused CUDA sampler: model too wide for shared memory");
   const auto blocks = static_cast<unsigned>((spec.rows_total + tile - 1) / tile);
-  fused_sample_kernel<<<blocks, kThreads, per_sample * tile, reinterpret_cast<cudaStream_t>(stream)>>>(
+  cuda_enter(device, s);
+  fused_sample_kernel<<<blocks, kThreads, per_sample * tile, s>>>(
       spec, pack, gains, total_power, per_row_power, noise, seed, mode, tile, power);
-  check(cudaGetLastError(), "fused sampler launch");
-}
-
-void denoise_step_cuda(float* x, const float* out, const float* z, const float* consts, int64_t n,
-                       int pred, int mode, std::uintptr_t stream) {
-  if (n == 0) return;
-  const auto blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
-  denoise_step_kernel<<<blocks, kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      x, out, z, consts, n, pred, mode);
-  check(cudaGetLastError(), "denoise step launch");
+  cuda_leave("fused sampler", s);
 }
 
 }  // namespace aigx

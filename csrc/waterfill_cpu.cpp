@@ -1,14 +1,15 @@
 // CPU loops over rows for water-filling and sum rate. The per-row math is in waterfill.h; here
-// rows are split over the core's thread pool and, four at a time, run through the same level
-// iteration with one row per lane of a vector of doubles (GCC vector extensions: AVX2 on the
-// x86-64-v3 clone, SSE2 pairs on the baseline one). A block whose rows need the special cases
-// (invalid gains, no usable channel) and the leftover rows go through waterfill_row one by one;
-// both routes give the same bits.
+// rows are split over the core's thread pool and, several at a time, run through the same level
+// iteration with one row per lane of a vector of doubles (GCC vector extensions: 8 rows in
+// AVX-512 registers, 4 in AVX2 ones, or SSE2 pairs on the baseline; the level is picked per
+// call, isa.h). A block whose rows need the special cases (invalid gains, no usable channel)
+// and the leftover rows go through waterfill_row one by one; both routes give the same bits.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "isa.h"
 #include "ops.h"
 #include "thread_pool.h"
 #include "waterfill.h"
@@ -18,89 +19,110 @@ namespace aigx {
 typedef double v4d __attribute__((vector_size(32)));
 typedef long long v4l __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef long long v8l __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+
+// Lanes of a vector of doubles V (counts in the matching vector of longs C, floats in F).
+template <typename V, typename C, typename F>
+struct VecLanes {
+  using Count = C;
+  using Float = F;
+  static constexpr int kLanes = sizeof(V) / sizeof(double);
+  static V splat(double x) { return V{} + x; }
+  static V min(V a, V b) { return a < b ? a : b; }
+  static C less(V a, V b) { return -(a < b); }  // a lane comparison is -1 (true) or 0
+  static V to_value(C k) { return __builtin_convertvector(k, V); }
+  static bool all(C m) {
+    bool ok = true;
+    for (int j = 0; j < kLanes; ++j) ok &= m[j] != 0;
+    return ok;
+  }
+  static bool any_differ(C a, C b) {
+    const C d = a != b;
+    long long any = 0;
+    for (int j = 0; j < kLanes; ++j) any |= d[j];
+    return any != 0;
+  }
+  static V select_differ(C a, C b, V x, V y) { return a != b ? x : y; }
+};
 
 template <>
-struct Lanes<v4d> {
-  using Count = v4l;
-  static v4d splat(double x) { return v4d{x, x, x, x}; }
-  static v4d min(v4d a, v4d b) { return a < b ? a : b; }
-  static v4l less(v4d a, v4d b) { return -(a < b); }  // a lane comparison is -1 (true) or 0
-  static v4d to_value(v4l k) { return __builtin_convertvector(k, v4d); }
-  static bool any_differ(v4l a, v4l b) {
-    const v4l d = a != b;
-    return (d[0] | d[1] | d[2] | d[3]) != 0;
-  }
-  static v4d select_differ(v4l a, v4l b, v4d x, v4d y) { return a != b ? x : y; }
-};
+struct Lanes<v4d> : VecLanes<v4d, v4l, v4f> {};
+template <>
+struct Lanes<v8d> : VecLanes<v8d, v8l, v8f> {};
 
 namespace {
 
-constexpr int kLanes = 4;
-
 // Rounds each lane through the storage type, as waterfill_row does by storing d_n into T.
-template <typename T>
-inline v4d as_stored(v4d x) {
+template <typename T, typename V>
+inline V as_stored(V x) {
   if constexpr (sizeof(T) == sizeof(float)) {
-    return __builtin_convertvector(__builtin_convertvector(x, v4f), v4d);
+    using F = typename Lanes<V>::Float;
+    return __builtin_convertvector(__builtin_convertvector(x, F), V);
   } else {
     return x;
   }
 }
 
-// Water-fills rows g[0..4) (row stride m) with one row per lane. Returns false, touching
+// Water-fills rows g[0..kLanes) (row stride m) with one row per lane. Returns false, touching
 // nothing, when a row needs waterfill_row's special cases.
-template <typename T>
-__attribute__((always_inline)) inline bool waterfill_4rows(const T* g, T* p, double* level,
-                                                           v4d total_power, int m, double noise,
-                                                           v4d* a) {
-  using L = Lanes<v4d>;
+template <typename V, typename T>
+__attribute__((always_inline)) inline bool waterfill_lane_rows(const T* g, T* p, double* level,
+                                                               V total_power, int m,
+                                                               double noise, V* a) {
+  using L = Lanes<V>;
+  using C = typename L::Count;
+  constexpr int kLanes = L::kLanes;
   const double inf = 1.0 / 0.0;
   auto gather = [&](int n) {
-    return v4d{static_cast<double>(g[n]), static_cast<double>(g[m + n]),
-               static_cast<double>(g[2 * m + n]), static_cast<double>(g[3 * m + n])};
+    V v;
+    for (int j = 0; j < kLanes; ++j) v[j] = static_cast<double>(g[j * m + n]);
+    return v;
   };
-  v4d g_max = L::splat(0.0);
-  v4l valid = v4l{} - 1;
+  V g_max = L::splat(0.0);
+  C valid = C{} - 1;
   for (int n = 0; n < m; ++n) {
-    const v4d gv = gather(n);
+    const V gv = gather(n);
     valid &= (gv >= 0.0) & (gv < inf);
     g_max = gv > g_max ? gv : g_max;
   }
-  const v4l usable = valid & (g_max > 0.0);
-  if ((usable[0] & usable[1] & usable[2] & usable[3]) == 0) return false;
-  const v4d noise_v = L::splat(noise);
-  const v4d a_min = noise_v / g_max;
-  const v4l finite = a_min < inf;
-  if ((finite[0] & finite[1] & finite[2] & finite[3]) == 0) return false;
+  if (!L::all(valid & (g_max > 0.0))) return false;
+  const V noise_v = L::splat(noise);
+  const V a_min = noise_v / g_max;
+  if (!L::all(a_min < inf)) return false;
   for (int n = 0; n < m; ++n) {
-    const v4d gv = gather(n);
-    const v4d q = noise_v / gv;
+    const V gv = gather(n);
+    const V q = noise_v / gv;
     a[n] = as_stored<T>(gv > 0.0 ? q - a_min : L::splat(inf));
   }
-  const v4d w = water_level<v4d>(a, m, L::splat(0.0), total_power);
+  const V w = water_level<V>(a, m, L::splat(0.0), total_power);
   for (int n = 0; n < m; ++n) {
-    v4d pn = w - a[n];
+    V pn = w - a[n];
     pn = pn > 0.0 ? pn : L::splat(0.0);
     for (int j = 0; j < kLanes; ++j) p[j * m + n] = static_cast<T>(pn[j]);
   }
-  const v4d mu = a_min + w;
+  const V mu = a_min + w;
   if (level != nullptr)
     for (int j = 0; j < kLanes; ++j) level[j] = mu[j];
   return true;
 }
 
-template <typename T>
+// Rows [begin, end), kLanes rows at a time through the lanes of V (4 doubles: AVX2, or SSE2
+// pairs on the baseline; 8 doubles: AVX-512), the rest and the special rows one by one.
+template <typename V, typename T>
 __attribute__((always_inline)) inline void waterfill_range(const T* gains, T* power, double* level,
                                                            const double* total_power,
                                                            bool per_row_power, int64_t begin,
                                                            int64_t end, int m, double noise) {
-  // Per-thread a_n scratch for the four lanes, aligned by hand to 32 bytes: the AVX2 clone's
-  // aligned moves need it, heap blocks only promise 16, and alignof(v4d) says 16 on the baseline
-  // target, so the number is written out.
+  constexpr int kLanes = Lanes<V>::kLanes;
+  // Per-thread a_n scratch for the lanes, aligned by hand to 64 bytes: the wide clones' aligned
+  // moves need it, heap blocks only promise 16, and alignof(V) may say less on the baseline.
   thread_local std::vector<double> scratch;
-  if (scratch.size() < static_cast<size_t>(kLanes * m + kLanes)) scratch.resize(kLanes * m + kLanes);
+  const size_t need = static_cast<size_t>(kLanes) * m + 8;
+  if (scratch.size() < need) scratch.resize(need);
   const auto base = reinterpret_cast<std::uintptr_t>(scratch.data());
-  v4d* lanes = reinterpret_cast<v4d*>((base + 31) & ~std::uintptr_t{31});
+  V* lanes = reinterpret_cast<V*>((base + 63) & ~std::uintptr_t{63});
   auto one_row = [&](int64_t r) {
     const double p = per_row_power ? total_power[r] : total_power[0];
     const double mu = waterfill_row(gains + r * m, power + r * m, m, p, noise);
@@ -108,47 +130,57 @@ __attribute__((always_inline)) inline void waterfill_range(const T* gains, T* po
   };
   int64_t r = begin;
   for (; r + kLanes <= end; r += kLanes) {
-    const v4d p = per_row_power ? v4d{total_power[r], total_power[r + 1], total_power[r + 2],
-                                      total_power[r + 3]}
-                                : Lanes<v4d>::splat(total_power[0]);
-    if (!waterfill_4rows(gains + r * m, power + r * m, level ? level + r : nullptr, p, m, noise,
-                         lanes))
+    V p;
+    for (int j = 0; j < kLanes; ++j) p[j] = per_row_power ? total_power[r + j] : total_power[0];
+    if (!waterfill_lane_rows<V>(gains + r * m, power + r * m, level ? level + r : nullptr, p, m,
+                                noise, lanes))
       for (int j = 0; j < kLanes; ++j) one_row(r + j);
   }
   for (; r < end; ++r) one_row(r);
 }
 
-AIGX_MULTIVERSION
-void waterfill_range_f32(const float* g, float* p, double* level, const double* total_power,
-                         bool per_row_power, int64_t begin, int64_t end, int m, double noise) {
-  waterfill_range(g, p, level, total_power, per_row_power, begin, end, m, noise);
-}
+// One entry per level (isa.h) and storage type.
+#define AIGX_WATERFILL_LEVEL(SUFFIX, TARGET, V)                                                 \
+  TARGET void waterfill_range_##SUFFIX(const float* g, float* p, double* level,                 \
+                                       const double* tp, bool per_row, int64_t b, int64_t e,    \
+                                       int m, double noise) {                                   \
+    waterfill_range<V>(g, p, level, tp, per_row, b, e, m, noise);                               \
+  }                                                                                             \
+  TARGET void waterfill_range_##SUFFIX(const double* g, double* p, double* level,               \
+                                       const double* tp, bool per_row, int64_t b, int64_t e,    \
+                                       int m, double noise) {                                   \
+    waterfill_range<V>(g, p, level, tp, per_row, b, e, m, noise);                               \
+  }
 
-AIGX_MULTIVERSION
-void waterfill_range_f64(const double* g, double* p, double* level, const double* total_power,
-                         bool per_row_power, int64_t begin, int64_t end, int m, double noise) {
-  waterfill_range(g, p, level, total_power, per_row_power, begin, end, m, noise);
-}
+AIGX_WATERFILL_LEVEL(baseline, , v4d)
+#if defined(AIGX_ISA_X86)
+AIGX_WATERFILL_LEVEL(avx2, AIGX_TARGET_AVX2, v4d)
+AIGX_WATERFILL_LEVEL(avx512, AIGX_TARGET_AVX512, v4d)
+#endif
+#undef AIGX_WATERFILL_LEVEL
 
-void waterfill_range_any(const float* g, float* p, double* level, const double* tp, bool per_row,
+template <typename T>
+void waterfill_range_any(int isa, const T* g, T* p, double* level, const double* tp, bool per_row,
                          int64_t b, int64_t e, int m, double noise) {
-  waterfill_range_f32(g, p, level, tp, per_row, b, e, m, noise);
-}
-void waterfill_range_any(const double* g, double* p, double* level, const double* tp, bool per_row,
-                         int64_t b, int64_t e, int m, double noise) {
-  waterfill_range_f64(g, p, level, tp, per_row, b, e, m, noise);
+#if defined(AIGX_ISA_X86)
+  if (isa == kIsaAvx512) return waterfill_range_avx512(g, p, level, tp, per_row, b, e, m, noise);
+  if (isa == kIsaAvx2) return waterfill_range_avx2(g, p, level, tp, per_row, b, e, m, noise);
+#endif
+  (void)isa;
+  waterfill_range_baseline(g, p, level, tp, per_row, b, e, m, noise);
 }
 
 // Rows per task: below a few thousand values the hand-off costs more than it saves.
-int64_t grain_for(int m) { return std::max<int64_t>(kLanes, 4096 / std::max(1, m)); }
+int64_t grain_for(int m) { return std::max<int64_t>(8, 4096 / std::max(1, m)); }
 
 }  // namespace
 
 template <typename T>
 void waterfill_cpu(const T* gains, T* power, double* level, const double* total_power,
                    bool per_row_power, int64_t rows, int m, double noise) {
+  const int isa = isa_active();
   ThreadPool::instance().parallel_for(rows, grain_for(m), [&](int64_t begin, int64_t end) {
-    waterfill_range_any(gains, power, level, total_power, per_row_power, begin, end, m, noise);
+    waterfill_range_any(isa, gains, power, level, total_power, per_row_power, begin, end, m, noise);
   });
 }
 

@@ -19,6 +19,13 @@ def cuda_usable() -> bool:
     return bool(torch.cuda.is_available() and core.build_info()["cuda_built"])
 
 
+def devices() -> list:
+    """The devices a test written once runs on: the CPU, and a GPU as a ``cuda``-marked case
+    (skipped where no GPU and CUDA core are; ``scripts/gpu-check`` runs them with -m cuda).
+    Use as ``@pytest.mark.parametrize("device", devices())``."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda, id="cuda")]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if any(item.get_closest_marker("cuda") for item in items) and not cuda_usable():
         skip = pytest.mark.skip(reason="needs a CUDA GPU and a core built with CUDA")

@@ -553,7 +553,7 @@ def test_a_20_mb_csv_is_read_in_about_its_own_size(tmp_path):
 
 def test_stdin_is_named_stdin_in_the_model_mismatch(run, monkeypatch):
     model = SimpleNamespace(m=5, total_power=0.2, noise=1.0)
-    monkeypatch.setattr(checkpoint, "load_model", lambda path: model)
+    monkeypatch.setattr(checkpoint, "load_model", lambda path, **_: model)
     res = run("allocate", "-g", "-", "-m", "gdm", "--model", "m", input="1,2,3\n")
     one_line(res, "<stdin>: rows have 3 gains but the model m was trained for M = 5")
 

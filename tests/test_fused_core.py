@@ -1,6 +1,6 @@
-"""The fused sampler's building blocks in the compiled core: the step update (shared by the CPU
-and CUDA samplers and exposed as a single-step op), the Philox normals the GPU draws, the step
-constants computed from a schedule, and the final map from a sample to an allocation."""
+"""The fused sampler's building blocks in the compiled core: the Philox normals the GPU draws, the
+step constants computed from a schedule, and the final map from a sample to an allocation (the
+step update itself is checked through the samplers against the PyTorch reference)."""
 
 import numpy as np
 import pytest
@@ -9,32 +9,6 @@ from aigxctl import core, fused
 from aigxctl.diffusion import STEP_CONSTANTS, Schedule, to_allocation
 
 BETAS = 1.0 - np.exp(-0.1 / 6 - 0.5 * 9.9 * (2 * np.arange(1, 7) - 1) / 36)  # VP, T = 6
-
-
-def reference_step(x, out, z, c, pred, mode):
-    """The step update written out in float64 NumPy from the constants."""
-    (sra, srm1, c1, c2, sigma, sab, inv_s1m, sabp, s1mp) = (float(v) for v in c)
-    x0 = out if pred == 1 else sra * x - srm1 * out
-    x0 = np.clip(x0, -1.0, 1.0)
-    if mode == 0:
-        return c1 * x0 + c2 * x + sigma * (0.0 if z is None else z)
-    eps = (x - sab * x0) * inv_s1m
-    return sabp * x0 + s1mp * eps
-
-
-@pytest.mark.parametrize("pred", [0, 1])
-@pytest.mark.parametrize("mode", [0, 1])
-@pytest.mark.parametrize("step", [0, 3, 5])
-def test_denoise_step_matches_formula(pred, mode, step):
-    rng = np.random.default_rng(step)
-    x = rng.standard_normal(1001).astype(np.float32)
-    out = (2 * rng.standard_normal(1001)).astype(np.float32)
-    z = rng.standard_normal(1001).astype(np.float32)
-    consts = fused.step_constants(BETAS)[step]
-    expected = reference_step(x.astype(np.float64), out, z, consts, pred, mode)
-    got = x.copy()
-    core.denoise_step(got, out, z, consts, pred, mode)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_step_constants_last_step_adds_no_noise():

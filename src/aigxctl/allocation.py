@@ -35,7 +35,8 @@ class Allocation:
     power: np.ndarray
     sum_rate: np.ndarray
     seconds: float
-    how: str = ""  # the method as said to a person: "gdm (fused, models/t1)"
+    how: str = ""  # the method as said to a person: "gdm (fused, models/t1) on cuda:0"
+    device: str = "cpu"  # where it was computed
 
     @property
     def idle_rows(self) -> int:
@@ -55,13 +56,16 @@ def allocate(
     noise: float = 1.0,
     *,
     model: Any = None,
+    device: str = "cpu",
     **model_kwargs: Any,
 ) -> Allocation:
     """Allocate ``total_power`` over the channels of each row of ``gains`` [B, M]; ``gdm`` uses
-    ``model`` (from ``load_model``) with ``model_kwargs`` (mode, best_of, seed, backend)."""
+    ``model`` (from ``load_model``) with ``model_kwargs`` (mode, best_of, seed, backend).
+    ``device`` (``cpu`` or ``cuda:N``, from :func:`aigxctl.core.resolve_device`): where the
+    water-filling runs (a gdm model runs where it was loaded); the result is on the host."""
     start = time.perf_counter()
     if method == "waterfill":
-        power = core.waterfill(gains, total_power, noise)
+        power = core.waterfill(_on(gains, device), total_power, noise)
     elif method == "equal":
         core.check_gains(np.asarray(gains).reshape(-1, gains.shape[-1]))
         power = equal_split(gains, total_power)
@@ -71,9 +75,19 @@ def allocate(
         power = model.allocate(gains, total_power, **model_kwargs)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    power = power.cpu().numpy() if core.is_torch(power) else power
     seconds = time.perf_counter() - start
     rate = core.sum_rate(gains, power, noise)
-    return Allocation(method, total_power, noise, power, rate, seconds)
+    return Allocation(method, total_power, noise, power, rate, seconds, device=device)
+
+
+def _on(gains: np.ndarray, device: str) -> Any:
+    """``gains`` where they are computed on: as they are for the CPU, a tensor on a GPU."""
+    if device == "cpu":
+        return gains
+    import torch
+
+    return torch.as_tensor(gains, device=device)
 
 
 def run(
@@ -83,18 +97,21 @@ def run(
     model_dir: str | Path | None = None,
     total_power: float | None = None,
     noise: float | None = None,
+    device: str = "auto",
     **model_kwargs: Any,
 ) -> Allocation:
     """``aigxctl allocate``: the gains CSV at ``gains_source`` (``-``: stdin) allocated with
     ``method``. ``gdm`` uses the model in ``model_dir``, or the pretrained T1 model shipped
-    with aigxctl. P and sigma^2: as given, else the model's with gdm, else 0.2 and 1."""
+    with aigxctl. P and sigma^2: as given, else the model's with gdm, else 0.2 and 1.
+    ``device``: auto, cpu, cuda or cuda:N (:func:`aigxctl.core.resolve_device`)."""
     from aigxctl import files
 
+    dev = core.resolve_device(device)
     model = None
     if method == "gdm":
         from aigxctl.checkpoint import load_model
 
-        model = load_model(model_dir)
+        model = load_model(model_dir, device=dev)
     elif model_dir is not None:
         raise UserError(f"--model is only used with --method gdm (not {method})")
     p = core.check_level("--total-power", total_power if total_power is not None else
@@ -107,11 +124,12 @@ def run(
             f"{files.source_name(gains_source)}: rows have {gains.shape[1]} gains but the model "
             f"{model_dir or '(pretrained t1)'} was trained for M = {model.m} channels"
         )
-    result = allocate(gains, method, p, s2, model=model, **model_kwargs)
+    result = allocate(gains, method, p, s2, model=model, device=dev, **model_kwargs)
     result.how = method
     if model is not None:
         which = model.backend_for(model_kwargs.get("backend", "auto"))[0]
         result.how = f"gdm ({which}, {model_dir or 'pretrained t1 model'})"
+    result.how += f" on {dev}"
     return result
 
 

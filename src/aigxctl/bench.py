@@ -31,8 +31,11 @@ __all__ = [
     "collect_table",
     "machine",
     "numpy_waterfill",
+    "sample_gpu",
     "timeit",
+    "torch_waterfill",
     "waterfill",
+    "waterfill_gpu",
 ]
 
 # Timed repeats per case: the median settles long before this.
@@ -130,13 +133,18 @@ def waterfill(
     total_power: float = 0.2,
     bisection_rows: int = 200,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Rows/s of the core vs (a) the bisection loop, (b) vectorised NumPy, (c) a plain copy.
 
     Gains are T2-like draws, U[1, 7], float64. The bisection loop is timed on at most
-    ``bisection_rows`` rows (its cost is linear in rows) and reported as rows/s.
+    ``bisection_rows`` rows (its cost is linear in rows) and reported as rows/s. ``device``
+    (core.resolve_device) a GPU: :func:`waterfill_gpu` instead.
     """
     _check_repeats(repeats)
+    dev = core.resolve_device(device)
+    if dev != "cpu":
+        return waterfill_gpu(batches, channels, repeats, dev, total_power, seed)
     if not 1 <= len(channels) <= MAX_CASES:
         raise UserError(f"--channels must list 1 to {MAX_CASES} sizes, got {len(channels)}")
     for m in channels:
@@ -171,12 +179,16 @@ def waterfill(
                     "bisection_rows_timed": len(sub),
                 }
             )
-    return {"benchmark": "waterfill", "dtype": "float64", "machine": machine(), "cases": cases}
+    return {"benchmark": "waterfill", "dtype": "float64", "device": "cpu", "machine": machine(),
+            "cases": cases}  # fmt: skip
 
 
 def waterfill_table(results: dict[str, Any]) -> Any:
     """A Rich table of :func:`waterfill` results."""
     from aigxctl.report import table
+
+    if results.get("device", "cpu") != "cpu":
+        return _waterfill_gpu_table(results)
 
     rows = []
     for c in results["cases"]:
@@ -196,7 +208,7 @@ def waterfill_table(results: dict[str, Any]) -> Any:
         )
     m = results["machine"]
     return table(
-        f"water-filling, rows/s (float64, {m['core_threads']} core threads)",
+        f"water-filling on cpu, rows/s (float64, {m['core_threads']} core threads)",
         ["B", "M", "core", "numpy", "bisection", "copy", "vs bisect", "vs numpy", "time/copy"],
         rows,
     )
@@ -211,6 +223,7 @@ def sample(
     compile_torch: bool = True,
     seed: int = 0,
     model_dir: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Allocations/s of the fused sampler vs the plain PyTorch sampler (and ``torch.compile`` of
     it, when that works here), same weights (reference denoiser shape, random init), same mode
@@ -218,11 +231,15 @@ def sample(
 
     With ``model_dir``, a trained checkpoint is timed the way a user calls it instead:
     ``model.allocate(gains, backend="fused")`` against ``backend="torch"`` (its own M, size, T and
-    decision mode; validation and conversions included; no torch.compile).
+    decision mode; validation and conversions included; no torch.compile). ``device``
+    (core.resolve_device) a GPU: the model there, or :func:`sample_gpu`.
     """
     _check_repeats(repeats)  # before importing torch (seconds): mistakes fail fast
+    dev = core.resolve_device(device)
     if model_dir is not None:
-        return _sample_api(model_dir, batches, repeats, seed)
+        return _sample_api(model_dir, batches, repeats, seed, dev)
+    if dev != "cpu":
+        return sample_gpu(batches, repeats, dev, m, hidden, steps, compile_torch, seed)
     if not 1 <= m <= MAX_CHANNELS:
         raise UserError(f"m must be >= 1 and <= {MAX_CHANNELS}, got {m}")
     _check_batches(batches, m)
@@ -237,6 +254,7 @@ def sample(
     ]
     return {
         "benchmark": "sample",
+        "device": "cpu",
         "model": {"m": m, "hidden": hidden, "steps": steps, "schedule": "vp", "mode": "ancestral"},
         "torch_threads": torch.get_num_threads(),
         "torch_compile_error": samplers.compile_error,
@@ -320,14 +338,17 @@ def _plain_sampler(
     return plain
 
 
-def _sample_api(model_dir: str, batches: list[int], repeats: int, seed: int) -> dict[str, Any]:
-    """:func:`sample` with ``model_dir``: a checkpoint's ``allocate``, fused vs torch."""
+def _sample_api(
+    model_dir: str, batches: list[int], repeats: int, seed: int, device: str = "cpu"
+) -> dict[str, Any]:
+    """:func:`sample` with ``model_dir``: a checkpoint's ``allocate``, fused vs torch, with the
+    model on ``device`` (NumPy gains in and out, as a user calls it)."""
     import torch
 
     from aigxctl.checkpoint import load_model
     from aigxctl.model import GDM
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=device)
     if not isinstance(model, GDM):
         raise UserError(f"{model_dir}: bench sample times a gdm model, this one is {model.arch}")
     model.backend_for("fused")  # a clear error if the compiled sampler cannot run this model
@@ -358,6 +379,7 @@ def _sample_api(model_dir: str, batches: list[int], repeats: int, seed: int) -> 
             "mode": model.mode,
             "api": "allocate",
         },
+        "device": device,
         "torch_threads": torch.get_num_threads(),
         "torch_compile_error": None,
         "machine": machine(),
@@ -368,6 +390,9 @@ def _sample_api(model_dir: str, batches: list[int], repeats: int, seed: int) -> 
 def sample_table(results: dict[str, Any]) -> Any:
     """A Rich table of :func:`sample` results."""
     from aigxctl.report import table
+
+    if results.get("device", "cpu") != "cpu" and "path" not in results["model"]:
+        return _sample_gpu_table(results)
 
     has_compile = any("torch_compile" in c["allocations_per_s"] for c in results["cases"])
     cols = ["B", "fused", "torch"] + (["torch.compile"] if has_compile else [])
@@ -387,7 +412,8 @@ def sample_table(results: dict[str, Any]) -> Any:
     what = f"{mdl['path']}.allocate" if "path" in mdl else "sampling"
     return table(
         f"{what}, allocations/s (M={mdl['m']}, hidden {mdl['hidden']}, T={mdl['steps']}, "
-        f"{mdl['mode']}, {results['machine']['core_threads']} threads)",
+        f"{mdl['mode']}, on {results.get('device', 'cpu')}, {results['machine']['core_threads']} "
+        "threads)",
         cols,
         rows,
     )
@@ -465,5 +491,245 @@ def collect_table(results: dict[str, Any]) -> Any:
         f"N={results['samples']:,}, median of {results['repeats']}, "
         f"{results['machine']['core_threads']} core threads)",
         ["case", "samples/s", "vs draw"],
+        rows,
+    )
+
+
+# --- on a GPU (``--device cuda``): run only where core.resolve_device gives one -------------
+
+
+def torch_waterfill(gains: torch.Tensor, total_power: float, noise: float = 1.0) -> torch.Tensor:
+    """:func:`numpy_waterfill` in batched PyTorch, on any device: sort a = noise/g per row,
+    prefix sums, count the active channels, one level per row. The GPU's exact baseline."""
+    import torch
+
+    inf = torch.tensor(float("inf"), dtype=gains.dtype, device=gains.device)
+    a = torch.where(gains > 0, noise / torch.where(gains > 0, gains, 1.0), inf)
+    s = torch.sort(a, dim=1).values
+    steps = torch.arange(1, gains.shape[1] + 1, dtype=gains.dtype, device=gains.device)
+    levels = (total_power + torch.cumsum(s, dim=1)) / steps
+    k = (levels > s).sum(dim=1)
+    mu = torch.gather(levels, 1, (k - 1).clamp(min=0)[:, None])
+    mu = torch.where(k[:, None] == 0, torch.zeros_like(mu), mu)
+    return (mu - a).clamp(min=0)
+
+
+def _gpu_timeit(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """:func:`timeit` of ``fn`` on a GPU: each call waits for the device to finish."""
+    import torch
+
+    def call() -> None:
+        fn()
+        torch.cuda.synchronize(device)
+
+    return timeit(call, repeats, 0.1)
+
+
+def _gpu_machine(device: str) -> dict[str, Any]:
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return {**machine(), "device": device, "gpu": props.name,
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "torch_cuda": torch.version.cuda}  # fmt: skip
+
+
+def waterfill_gpu(
+    batches: list[int],
+    channels: list[int],
+    repeats: int,
+    device: str,
+    total_power: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`waterfill` on the GPU ``device``: rows/s of the core's CUDA water-filling vs a
+    device copy of the gains (the memory-bandwidth bound: read B x M, write B x M, as the
+    water-filling does) and :func:`torch_waterfill` (batched sort + cumsum), float32 gains
+    U[1, 7] drawn on the device. A case whose torch solver would not fit in the GPU's free
+    memory (it holds about 8 copies of the gains) reports it as None."""
+    import torch
+
+    if not 1 <= len(channels) <= MAX_CASES or not 1 <= len(batches) <= MAX_CASES:
+        raise UserError(f"--batches and --channels must list 1 to {MAX_CASES} sizes each")
+    for m in channels:
+        if not 1 <= m <= MAX_CHANNELS:
+            raise UserError(f"--channels must list integers >= 1 and <= {MAX_CHANNELS}, got {m}")
+    free = torch.cuda.mem_get_info(device)[0]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    cases = []
+    for m in channels:
+        for b in batches:
+            size = 4 * b * m
+            if 3 * size > 0.9 * free:
+                raise UserError(f"--batches {b} x --channels {m}: {size / 2**30:.1f} GiB of "
+                                f"gains do not fit 3 times in the GPU's free memory")  # fmt: skip
+            g = torch.rand((b, m), generator=gen, device=device) * 6.0 + 1.0
+            t = {
+                "core": _gpu_timeit(lambda g=g: core.waterfill(g, total_power), device, repeats),
+                "copy": _gpu_timeit(g.clone, device, repeats),
+            }
+            if 8 * size < 0.9 * free:
+                t["torch_sort"] = _gpu_timeit(
+                    lambda g=g: torch_waterfill(g, total_power), device, repeats
+                )
+            rate = {k: b / v for k, v in t.items()}
+            cases.append({
+                "batch": b, "channels": m, "rows_per_s": rate, "seconds": t,
+                "bandwidth_gb_per_s": {k: 2 * size / v / 1e9 for k, v in t.items()},
+                "fraction_of_copy": t["copy"] / t["core"],
+                "speedup_vs_torch_sort": t["torch_sort"] / t["core"] if "torch_sort" in t
+                else None,
+            })  # fmt: skip
+            del g
+    return {"benchmark": "waterfill", "dtype": "float32", "device": device,
+            "machine": _gpu_machine(device), "cases": cases}  # fmt: skip
+
+
+def _waterfill_gpu_table(results: dict[str, Any]) -> Any:
+    from aigxctl.report import table
+
+    rows = []
+    for c in results["cases"]:
+        r, bw = c["rows_per_s"], c["bandwidth_gb_per_s"]
+        rows.append([
+            f"{c['batch']:,}", c["channels"], f"{r['core']:.3g}", f"{r['copy']:.3g}",
+            f"{r['torch_sort']:.3g}" if "torch_sort" in r else "-",
+            f"{bw['core']:.0f} / {bw['copy']:.0f}", f"{c['fraction_of_copy']:.0%}",
+            f"{c['speedup_vs_torch_sort']:.1f}x" if c["speedup_vs_torch_sort"] else "-",
+        ])  # fmt: skip
+    mc = results["machine"]
+    return table(
+        f"water-filling on {results['device']} ({mc['gpu']}), rows/s (float32)",
+        ["B", "M", "core", "copy", "torch sort", "GB/s core / copy", "of copy", "vs torch"],
+        rows,
+    )
+
+
+class _GpuSamplers:
+    """What :func:`sample_gpu` times on one GPU, same weights: the fused CUDA sampler, the
+    plain PyTorch sampler (eager), the same captured in a CUDA graph (per batch size), and
+    ``torch.compile`` of the denoiser while it works."""
+
+    def __init__(self, m: int, hidden: int, steps: int, seed: int, device: str,
+                 compile_torch: bool) -> None:  # fmt: skip
+        import dataclasses
+
+        import torch
+
+        samplers = _Samplers(m, hidden, steps, seed, compile_torch=False)
+        self.model, self.fused, self.steps = samplers.model, samplers.fused, steps
+        self.device = device
+        self.model.denoiser.to(device)
+        # Everything the plain sampler reads, on the GPU already: a CUDA graph captures no copy
+        # from the host.
+        sch = self.model.schedule
+        self.schedule = dataclasses.replace(sch, **{
+            f.name: getattr(sch, f.name).to(device) for f in dataclasses.fields(sch)
+            if isinstance(getattr(sch, f.name), torch.Tensor)})  # fmt: skip
+        self.mean = torch.as_tensor(self.model.cond_mean, dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(self.model.cond_std, dtype=torch.float32, device=device)
+        self.compiled: Any = None
+        self.compile_error: str | None = None
+        if compile_torch:
+            try:
+                self.compiled = torch.compile(self.model.denoiser, dynamic=False)
+            except Exception as exc:  # optional: report, don't fail
+                self.compile_error = f"{type(exc).__name__}: {exc}"
+
+    def plain(self, g: torch.Tensor, den: torch.nn.Module) -> torch.Tensor:
+        import torch
+
+        from aigxctl.diffusion import sample_reference, to_allocation
+
+        with torch.no_grad():
+            z = torch.randn(self.steps + 1, *g.shape, device=g.device)
+            x = sample_reference(den, self.schedule, (g - self.mean) / self.std, z, pred="eps",
+                                 mode="ancestral")  # fmt: skip
+            return to_allocation(x, 0.2)
+
+    def graphed(self, g: torch.Tensor) -> Callable[[], object]:
+        """The plain sampler on ``g`` captured once in a CUDA graph; returns its replay."""
+        import torch
+
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up (cuBLAS handles, allocator) outside the capture
+                self.plain(g, self.model.denoiser)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.plain(g, self.model.denoiser)
+        return graph.replay
+
+    def time_batch(self, b: int, m: int, repeats: int) -> dict[str, Any]:
+        import torch
+
+        dev = self.device
+        g = torch.rand((b, m), device=dev) * 6.0 + 1.0
+        t = {
+            "fused": _gpu_timeit(lambda: self.fused.sample(g, 0.2, mode="ancestral", seed=1),
+                                 dev, repeats),
+            "torch": _gpu_timeit(lambda: self.plain(g, self.model.denoiser), dev, repeats),
+        }  # fmt: skip
+        errors = {}
+        try:
+            t["torch_cuda_graph"] = _gpu_timeit(self.graphed(g), dev, repeats)
+        except Exception as exc:  # a capture that fails is reported, not fatal
+            errors["torch_cuda_graph"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if self.compiled is not None:
+            try:
+                t["torch_compile"] = _gpu_timeit(lambda: self.plain(g, self.compiled), dev,
+                                                 repeats)  # fmt: skip
+            except Exception as exc:
+                self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self.compiled = None
+        return {
+            "batch": b,
+            "allocations_per_s": {k: b / v for k, v in t.items()},
+            "speedup_vs": {k: v / t["fused"] for k, v in t.items() if k != "fused"},
+            "errors": errors,
+        }
+
+
+def sample_gpu(
+    batches: list[int], repeats: int, device: str, m: int = 20, hidden: int = 256,
+    steps: int = 6, compile_torch: bool = True, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`sample` on the GPU ``device``: allocations/s of the fused CUDA sampler vs plain
+    PyTorch on the GPU (eager, in a CUDA graph, torch.compile), same weights, ancestral, gains
+    drawn on the device."""
+    import torch
+
+    if not 1 <= len(batches) <= MAX_CASES:
+        raise UserError(f"--batches must list 1 to {MAX_CASES} sizes, got {len(batches)}")
+    samplers = _GpuSamplers(m, hidden, steps, seed, device, compile_torch)
+    cases = [samplers.time_batch(b, m, repeats) for b in batches]
+    return {
+        "benchmark": "sample",
+        "device": device,
+        "model": {"m": m, "hidden": hidden, "steps": steps, "schedule": "vp", "mode": "ancestral"},
+        "torch_compile_error": samplers.compile_error,
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "machine": _gpu_machine(device),
+        "cases": cases,
+    }
+
+
+def _sample_gpu_table(results: dict[str, Any]) -> Any:
+    from aigxctl.report import table
+
+    names = ["fused", "torch", "torch_cuda_graph", "torch_compile"]
+    present = [n for n in names if any(n in c["allocations_per_s"] for c in results["cases"])]
+    rows = []
+    for c in results["cases"]:
+        r, s = c["allocations_per_s"], c["speedup_vs"]
+        rows.append([f"{c['batch']:,}", *(f"{r[n]:.3g}" if n in r else "-" for n in present),
+                     *(f"{s[n]:.1f}x" if n in s else "-" for n in present[1:])])  # fmt: skip
+    mdl, mc = results["model"], results["machine"]
+    return table(
+        f"sampling on {results['device']} ({mc['gpu']}), allocations/s (M={mdl['m']}, hidden "
+        f"{mdl['hidden']}, T={mdl['steps']}, {mdl['mode']})",
+        ["B", *present, *(f"fused / {n}" for n in present[1:])],
         rows,
     )

@@ -404,7 +404,12 @@ def load_model(
     path: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> GDM | MLPAllocator:
     """Load a checkpoint directory written by :func:`save_model`; with no ``path``, the small
-    T1 model shipped inside the package (:func:`default_model_path`)."""
+    T1 model shipped inside the package (:func:`default_model_path`). ``device``: ``cpu``,
+    ``cuda``, ``cuda:N`` or ``auto`` (:func:`aigxctl.core.resolve_device`); on a GPU the model
+    allocates there end to end, whatever kind of array it is given."""
+    from aigxctl.core import resolve_device
+
+    device = resolve_device(device, option="device")
     path = default_model_path() if path is None else Path(path)
     cfg = read_config(path)
     m = int(cfg["m"])

@@ -104,6 +104,12 @@ class SampleMode(str, Enum):
 
 
 MODEL_HELP = "A trained model directory (from [bold]aigxctl train[/])."
+DEVICE_HELP = ("Where to compute: auto (a GPU when the core and torch both see one, else the "
+               "CPU), cpu, cuda or cuda:N.")  # fmt: skip
+# --device on every command that computes; aigxctl.core.resolve_device reads it.
+DeviceOption = Annotated[
+    str, typer.Option("--device", help=DEVICE_HELP, metavar="auto|cpu|cuda[:N]")
+]
 QUIET_HELP = "No progress display (a bar on a terminal, a line every 10 s otherwise)."
 
 
@@ -182,6 +188,7 @@ def allocate(
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = (
         OutputFormat.csv
     ),
+    device: DeviceOption = "auto",
 ) -> None:
     """Allocate power for each row of a gains CSV: [bold]p1..pM,sum_rate[/] per row.
 
@@ -194,7 +201,7 @@ def allocate(
     gdm = {"backend": backend.value, "best_of": best_of, "seed": seed,
            "mode": mode.value if mode else None} if method is Method.gdm else {}  # fmt: skip
     result = allocation.run(gains, method.value, model_dir=model, total_power=total_power,
-                            noise=noise, **gdm)  # fmt: skip
+                            noise=noise, device=device, **gdm)  # fmt: skip
     text = allocation.to_csv(result) if fmt is OutputFormat.csv else allocation.to_json(result)
     if out is None:
         try:
@@ -453,7 +460,7 @@ def _scenario_names(incomplete: str) -> list[str]:
 
 _TC, _RC = settings.TrainConfig, settings.RewardConfig
 TrainMode = Enum("TrainMode", {"expert": "expert", "reward": "reward"}, type=str)
-Arch, Device, Pred, Schedule = (choices(_TC, n) for n in ("arch", "device", "pred", "schedule"))
+Arch, Pred, Schedule = (choices(_TC, n) for n in ("arch", "pred", "schedule"))
 
 
 @app.command()
@@ -482,7 +489,8 @@ def train(
     init: Annotated[Path | None, option(_TC, "init")] = None,
     resume: Annotated[bool, option(_TC, "resume")] = False,
     force: Annotated[bool, option(_TC, "force")] = False,
-    device: Annotated[Device | None, option(_TC, "device", default=True)] = None,
+    device: Annotated[str | None, option(_TC, "device", default=True,
+                                         metavar="auto|cpu|cuda[:N]")] = None,
     nproc: Annotated[int | None, option(_TC, "nproc", default=True)] = None,
     pred: Annotated[Pred | None, option(_TC, "pred", default=True)] = None,
     rate_weight: Annotated[float | None, option(_TC, "rate_weight", default=True)] = None,
@@ -519,7 +527,7 @@ def train(
     frac = result.get("val_fraction")
     report.err.print(
         f"[green]✓[/] {what} -> {out}: {result['step']} steps on {result['samples']:,} samples "
-        f"in {result['seconds']:.1f} s"
+        f"in {result['seconds']:.1f} s on {result.get('device', 'cpu')}"
         + (f", validation [bold]{frac:.2%}[/] of the optimum" if frac is not None else "")
     )
 
@@ -547,6 +555,7 @@ def evaluate(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Mean sum rate of a model vs the optimum and baselines, % of optimum, gain over equal."""
     from aigxctl import evaluate as evaluation
@@ -554,7 +563,8 @@ def evaluate(
     _warn_if_incomplete(model)
     res = evaluation.run(model, data=dataset, scenario=scenario, samples=samples, seed=seed,
                          baselines=baselines, backend=backend.value,
-                         mode=mode.value if mode else None, best_of=best_of)  # fmt: skip
+                         mode=mode.value if mode else None, best_of=best_of,
+                         device=device)  # fmt: skip
     if json_out:
         report.out.print_json(data=res)
         return
@@ -564,8 +574,8 @@ def evaluate(
     report.out.print(report.table(
         f"{res['model']} on {res['data']}: P={res['total_power']:g}, σ²={res['noise']:g}",
         ["method", "sum rate (bit/s/Hz)", "of optimum", "vs equal"], rows))  # fmt: skip
-    report.out.print(f"{res['decisions_per_s']:,.0f} decisions/s ({res['backend']} backend, "
-                     f"{res['samples']:,} samples)")  # fmt: skip
+    report.out.print(f"{res['decisions_per_s']:,.0f} decisions/s ({res['backend']} backend on "
+                     f"{res['device']}, {res['samples']:,} samples)")  # fmt: skip
 
 
 @app.command()
@@ -600,13 +610,14 @@ def cycle(
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP, metavar="")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Replay the virtuous cycle: T1 train, T2 rainstorm drift, T3 retrain, with baselines."""
     from aigxctl.cycle import load_config, run_cycle
 
     cfg = load_config(config, quick=quick)
     with report.StageStatus(quiet=quiet) as status:
-        result = run_cycle(cfg, out, status.update, force=force, resume=resume)
+        result = run_cycle(cfg, out, status.update, force=force, resume=resume, device=device)
     if result["run"]["skipped"]:
         report.err.print(f"resumed: {', '.join(result['run']['skipped'])} were done already "
                          "and not run again", markup=False)  # fmt: skip
@@ -615,7 +626,8 @@ def cycle(
     if sac["status"] != "trained":
         report.err.print(f"SAC skipped: {sac['reason']}", markup=False)
     report.err.print(f"[green]✓[/] report, metrics, checkpoints and cycle.png in {out} "
-                     f"({report.duration(result['run']['wall_seconds'])})")  # fmt: skip
+                     f"({report.duration(result['run']['wall_seconds'])} on "
+                     f"{result['run']['device']})")  # fmt: skip
 
 
 def cycle_table(result: dict[str, Any]) -> Any:
@@ -701,13 +713,16 @@ def bench_waterfill(
     ] = "1,1000,100000",
     channels: Annotated[str, typer.Option("--channels", help="Comma-separated M.")] = "20,256",
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per case (median).")] = 7,
+    device: DeviceOption = "auto",
 ) -> None:
-    """Rows/s of the core's water-filling vs a bisection loop, vectorised NumPy and a copy."""
+    """Rows/s of the core's water-filling vs a bisection loop, vectorised NumPy and a copy (on a
+    GPU: vs a device copy and a batched PyTorch sort + cumsum solver)."""
     from aigxctl import bench
 
     results = bench.waterfill(
-        _int_list("--batches", batches), _int_list("--channels", channels), repeats=repeats
-    )
+        _int_list("--batches", batches), _int_list("--channels", channels), repeats=repeats,
+        device=device,
+    )  # fmt: skip
     if json_out:
         report.out.print_json(data=results)
     else:
@@ -733,8 +748,10 @@ def bench_sample(
             "user calls it.",
         ),
     ] = None,
+    device: DeviceOption = "auto",
 ) -> None:
-    """Allocations/s of the fused sampler vs the plain PyTorch sampler (same weights)."""
+    """Allocations/s of the fused sampler vs the plain PyTorch sampler (same weights; on a GPU
+    also with CUDA graphs)."""
     from aigxctl import bench
 
     results = bench.sample(
@@ -742,6 +759,7 @@ def bench_sample(
         repeats,
         compile_torch=not no_compile and model is None,
         model_dir=str(model) if model else None,
+        device=device,
     )
     if json_out:
         report.out.print_json(data=results)

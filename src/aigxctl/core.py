@@ -10,7 +10,10 @@ tensor is passed, which keeps the NumPy-only paths (and the CLI's start-up) ligh
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import re
+import warnings
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,15 +26,20 @@ __all__ = [
     "build_info",
     "check_gains",
     "check_level",
-    "denoise_step",
+    "check_tensor",
+    "fp_mode",
     "fused_sample",
     "fused_sample_cuda",
     "is_cuda_tensor",
     "is_torch",
+    "isa",
+    "isa_available",
     "num_threads",
     "pack_layout",
     "philox_normals",
     "power_rows",
+    "resolve_device",
+    "set_isa",
     "set_num_threads",
     "sum_rate",
     "waterfill",
@@ -39,12 +47,67 @@ __all__ = [
 
 
 def build_info() -> dict[str, Any]:
-    """How the core was built and what it sees: CUDA kernels compiled, GPUs usable, threads."""
+    """How the core was built and what it sees: CUDA kernels compiled, GPUs usable, threads,
+    the instruction-set level its CPU loops run (``isa``) and the levels it could run."""
     return {
         "cuda_built": bool(_core.cuda_built()),
         "cuda_devices": int(_core.cuda_device_count()),
         "threads": int(_core.num_threads()),
+        "isa": isa(),
+        "isa_available": isa_available(),
     }
+
+
+# --- instruction-set level of the CPU loops -----------------------------------------------------
+
+ISA_LEVELS = ("baseline", "avx2", "avx512")
+
+
+def isa() -> str:
+    """The instruction-set level the core's CPU loops (fused sampler, water-filling) use now:
+    ``baseline``, ``avx2`` or ``avx512``; the best one the CPU runs unless set otherwise."""
+    return str(_core.isa())
+
+
+def isa_available() -> list[str]:
+    """The levels this build and this CPU can run, lowest first."""
+    return [str(x) for x in _core.isa_available()]
+
+
+def set_isa(level: str) -> None:
+    """Run the CPU loops at ``level`` from the next call on (all levels give the same results
+    within 1e-5 for the sampler and exactly for water-filling). UserError for an unknown or
+    unavailable level."""
+    if level not in ISA_LEVELS:
+        raise UserError(f"unknown ISA {level!r}: expected one of {', '.join(ISA_LEVELS)}")
+    if level not in isa_available():
+        raise UserError(
+            f"ISA {level!r} is not available on this machine (available: "
+            f"{', '.join(isa_available())})"
+        )
+    _core.set_isa(level)
+
+
+def _isa_from_environment() -> None:
+    """AIGX_ISA=baseline|avx2|avx512 forces a level at import; an unavailable or unknown one
+    falls back to the best level, with a warning."""
+    wanted = os.environ.get("AIGX_ISA", "").strip().lower()
+    if not wanted:
+        return
+    try:
+        set_isa(wanted)
+    except UserError as exc:
+        warnings.warn(f"AIGX_ISA ignored: {exc}; using {isa()}", RuntimeWarning, stacklevel=2)
+
+
+_isa_from_environment()
+
+
+def fp_mode() -> int:
+    """The calling thread's floating-point control word (MXCSR on x86, FPCR on AArch64, 0
+    elsewhere). The core flushes subnormals only inside its network evaluation and restores
+    each thread's mode, so this is the same before and after every call."""
+    return int(_core.fp_mode())
 
 
 def num_threads() -> int:
@@ -67,6 +130,120 @@ def is_torch(x: object) -> bool:
 def is_cuda_tensor(x: object) -> bool:
     """True for a torch tensor on a GPU that the core's CUDA kernels can use."""
     return is_torch(x) and x.is_cuda and _core.cuda_built() and _core.cuda_device_count() > 0
+
+
+# --- devices, and the one door to the CUDA kernels ---------------------------------------------
+
+_DEVICE_SPEC = re.compile(r"(auto|cpu|cuda)(?::(\d+))?")
+
+
+def resolve_device(spec: Any = "auto", option: str = "--device") -> str:
+    """Where to compute: ``"cpu"`` or ``"cuda:N"``, from ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (or a ``torch.device``). ``auto`` is a GPU when both the core (built with CUDA, a driver and
+    a device) and torch see one, else the CPU; ``cuda`` is torch's current GPU. Asking for a GPU
+    that is not there is a :class:`UserError` of one line naming ``option``. Torch is imported
+    only when the core sees a GPU."""
+    text = str(spec if spec is not None else "auto").strip().lower()
+    match = _DEVICE_SPEC.fullmatch(text)
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise UserError(f"{option} must be auto, cpu, cuda or cuda:N, got {str(spec)!r}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        return "cpu"
+    why = None
+    if not _core.cuda_built():
+        why = "the core was built without CUDA (rebuild with AIGX_CUDA=ON)"
+    elif _core.cuda_device_count() == 0:
+        why = "the core sees no GPU (no NVIDIA driver or device)"
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "torch sees no GPU (a CPU-only torch build?)"
+    if why is not None:
+        if kind == "auto":
+            return "cpu"
+        raise UserError(f"{option} {text}: no usable CUDA GPU here: {why}")
+    import torch
+
+    count = min(int(_core.cuda_device_count()), torch.cuda.device_count())
+    n = torch.cuda.current_device() if index is None else int(index)
+    if n >= count:
+        raise UserError(f"{option} {text}: there {'is' if count == 1 else 'are'} only {count} "
+                        f"GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")  # fmt: skip
+    return f"cuda:{n}"
+
+
+def check_tensor(
+    name: str, t: Any, *, device: Any, dtypes: tuple[Any, ...], shape: tuple[int | None, ...]
+) -> int:
+    """The one check of a tensor handed to a CUDA kernel (every CUDA entry point's tensors pass
+    through it, via :func:`_launch`): a torch tensor on ``device``, of one of ``dtypes``,
+    C-contiguous, of ``shape`` (a None entry takes any size). Returns its data pointer; raises
+    TypeError or ValueError naming ``name`` and what is wrong. A raw pointer of the wrong kind
+    would make the kernel read or write the wrong memory, so nothing is converted here."""
+    if not is_torch(t) or not hasattr(t, "data_ptr"):
+        raise TypeError(f"{name}: expected a torch tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        allowed = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{name}: expected {allowed}, got {str(t.dtype).replace('torch.', '')}")
+    if t.ndim != len(shape) or any(
+        w is not None and w != s for w, s in zip(shape, t.shape, strict=True)
+    ):
+        want = "[" + ", ".join("*" if w is None else str(w) for w in shape) + "]"
+        raise ValueError(f"{name}: expected shape {want}, got {list(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, got strides {list(t.stride())}")
+    if t.device != _torch_device(device):
+        raise ValueError(f"{name}: expected a tensor on {_torch_device(device)}, got {t.device}")
+    return int(t.data_ptr())
+
+
+def _torch_device(device: Any) -> Any:
+    import torch
+
+    d = torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if d == torch.device("cuda") else d
+
+
+class _Buf(NamedTuple):
+    """A tensor argument of a CUDA entry point, with what :func:`check_tensor` requires of it;
+    ``tensor`` None passes a null pointer (an optional input)."""
+
+    name: str
+    tensor: Any
+    dtypes: tuple[Any, ...]
+    shape: tuple[int | None, ...]
+
+
+def _launch(entry: str, device: Any, *args: Any) -> None:
+    """Call ``_core.<entry>(gpu_index, *args, stream)`` on ``device`` (a CUDA torch.device), on
+    PyTorch's current stream there: each :class:`_Buf` in ``args`` is checked by
+    :func:`check_tensor` and passed as its data pointer. The core selects the GPU itself (it has
+    its own CUDA runtime, which ``torch.cuda.device`` does not reach) and checks each launch;
+    ``AIGX_CUDA_SYNC=1`` makes it wait for the kernel and report what failed there."""
+    import torch
+
+    if getattr(device, "type", None) != "cuda":  # every entry point runs where its gains are
+        raise ValueError(f"{entry}: the CUDA kernels take CUDA tensors, got gains on {device}")
+    device = _torch_device(device)
+
+    def value(a: Any) -> Any:
+        if not isinstance(a, _Buf):
+            return a
+        if a.tensor is None:
+            return 0
+        return check_tensor(a.name, a.tensor, device=device, dtypes=a.dtypes, shape=a.shape)
+
+    values = [value(a) for a in args]
+    stream = torch.cuda.current_stream(device).cuda_stream
+    getattr(_core, entry)(device.index, *values, stream)
+
+
+def _floats() -> tuple[Any, Any]:
+    import torch
+
+    return (torch.float32, torch.float64)
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -166,22 +343,15 @@ def _waterfill_torch(gains: Any, total_power: Any, noise: float) -> tuple[Any, A
     _check_shape(tuple(gains.shape))
     g = gains.detach().reshape(-1, gains.shape[-1]).contiguous()
     lead = tuple(gains.shape[:-1])
-    p = torch.from_numpy(_power_array(total_power, g.shape[0], lead)).to(g.device)
+    rows, m = g.shape
+    p = torch.from_numpy(_power_array(total_power, rows, lead)).to(g.device)
     power = torch.empty_like(g)
-    level = torch.empty(g.shape[0], dtype=torch.float64, device=g.device)
-    with torch.cuda.device(g.device):
-        _core.waterfill_cuda(
-            0 if g.dtype == torch.float32 else 1,
-            g.data_ptr(),
-            power.data_ptr(),
-            level.data_ptr(),
-            p.data_ptr(),
-            p.numel() != 1,
-            g.shape[0],
-            g.shape[1],
-            noise,
-            torch.cuda.current_stream(g.device).cuda_stream,
-        )
+    level = torch.empty(rows, dtype=torch.float64, device=g.device)
+    _launch("waterfill_cuda", g.device, 0 if g.dtype == torch.float32 else 1,
+            _Buf("gains", g, _floats(), (rows, m)), _Buf("power", power, (g.dtype,), (rows, m)),
+            _Buf("level", level, (torch.float64,), (rows,)),
+            _Buf("total_power", p, (torch.float64,), (p.numel(),)), p.numel(), rows, m,
+            noise)  # fmt: skip
     if bool(torch.isnan(level).any()):  # invalid gains in some row (see _waterfill_numpy)
         check_gains(g.cpu().numpy())
     return power.reshape(gains.shape), level.reshape(lead)
@@ -222,24 +392,23 @@ def sum_rate(gains: Array, power: Array, noise: float = 1.0) -> Array:
         import torch
 
         if is_cuda_tensor(gains) and gains.dtype in (torch.float32, torch.float64):
+            if tuple(power.shape) != tuple(gains.shape):
+                raise UserError(f"power must have the shape of gains {tuple(gains.shape)}, got "
+                                f"{tuple(power.shape)}")  # fmt: skip
+            _check_shape(tuple(gains.shape))
             g = gains.detach().reshape(-1, gains.shape[-1]).contiguous()
-            p = power.detach().to(g.dtype).reshape(g.shape).contiguous()
-            rate = torch.empty(g.shape[0], dtype=torch.float64, device=g.device)
-            with torch.cuda.device(g.device):
-                _core.sum_rate_cuda(
-                    0 if g.dtype == torch.float32 else 1,
-                    g.data_ptr(),
-                    p.data_ptr(),
-                    rate.data_ptr(),
-                    g.shape[0],
-                    g.shape[1],
-                    noise,
-                    torch.cuda.current_stream(g.device).cuda_stream,
-                )
+            # Wherever power is (host, another GPU, NumPy): a copy on the gains' GPU and dtype.
+            p = torch.as_tensor(power).detach().to(g.device, g.dtype).reshape(g.shape).contiguous()
+            rows, m = g.shape
+            rate = torch.empty(rows, dtype=torch.float64, device=g.device)
+            _launch("sum_rate_cuda", g.device, 0 if g.dtype == torch.float32 else 1,
+                    _Buf("gains", g, _floats(), (rows, m)), _Buf("power", p, (g.dtype,), (rows, m)),
+                    _Buf("rate", rate, (torch.float64,), (rows,)), rows, m, noise)  # fmt: skip
             if bool(torch.isnan(rate).any()):
                 _invalid_rate_input(g.cpu().numpy(), p.cpu().numpy(), rate.cpu().numpy())
             return rate.reshape(gains.shape[:-1])
-        rate = sum_rate(gains.detach().cpu().numpy(), power.detach().cpu().numpy(), noise)
+        host = power.detach().cpu().numpy() if is_torch(power) else power
+        rate = sum_rate(gains.detach().cpu().numpy(), host, noise)
         return torch.from_numpy(np.asarray(rate)).to(gains.device)
 
     g, lead = _as_rows(np.asarray(gains))
@@ -330,48 +499,32 @@ def fused_sample_cuda(
     seed: int,
     mode: int,
 ) -> Any:
-    """CUDA fused reverse diffusion on torch tensors (same device as ``pack``), on PyTorch's
-    current stream; ``noise`` None draws Philox normals from ``seed`` in the kernel."""
+    """CUDA fused reverse diffusion on torch tensors: ``gains`` ``[B, M]`` on a GPU, ``pack``
+    float32 on the same GPU, on PyTorch's current stream there; ``noise`` (``[T+1, B, M]``,
+    copied to the GPU as float32 if it is not) None draws Philox normals from ``seed`` in the
+    kernel."""
     import torch
 
+    if not is_torch(gains):
+        raise TypeError(f"gains: expected a CUDA torch tensor, got {type(gains).__name__}")
     g = gains.detach().to(torch.float32).contiguous()
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
     rows = g.shape[0]
     p = torch.from_numpy(power_rows(total_power, rows)).to(g.device)
-    z = None if noise is None else noise.detach().to(g.device, torch.float32).contiguous()
+    z = None if noise is None else torch.as_tensor(noise).detach().to(g.device, torch.float32)
+    z = None if z is None else z.contiguous()
     out = torch.empty_like(g)
-    with torch.cuda.device(g.device):
-        _core.fused_sample_cuda(
-            pack.data_ptr(), m, hidden, steps, pred, g.data_ptr(), rows, p.data_ptr(),
-            p.numel() != 1, 0 if z is None else z.data_ptr(), int(seed), mode, out.data_ptr(),
-            torch.cuda.current_stream(g.device).cuda_stream,
-        )  # fmt: skip
+    total = int(_core.pack_layout(m, hidden, steps)["total"])
+    f32 = (torch.float32,)
+    _launch("fused_sample_cuda", g.device, _Buf("pack", pack, f32, (total,)), total, m, hidden,
+            steps, pred, _Buf("gains", g, f32, (rows, m)), rows,
+            _Buf("total_power", p, (torch.float64,), (rows,)), rows,
+            _Buf("noise", z, f32, (steps + 1, rows, m)), [steps + 1, rows, m], int(seed), mode,
+            _Buf("power", out, f32, (rows, m)))  # fmt: skip
     if bool(torch.isnan(out).any()):  # the kernel flags rows with invalid gains
         check_gains(g.cpu().numpy())
     return out
-
-
-def denoise_step(x: Any, out: Any, z: Any, consts: np.ndarray, pred: int, mode: int) -> None:
-    """One reverse step in place, ``x <- update(x, out, z)``, for any denoiser's output (float32
-    NumPy arrays, or torch tensors on the CPU or a GPU). ``z`` may be None (no noise)."""
-    consts = np.ascontiguousarray(consts, dtype=np.float32).reshape(9)
-    if is_cuda_tensor(x):
-        import torch
-
-        c = torch.from_numpy(consts).to(x.device)
-        with torch.cuda.device(x.device):
-            _core.denoise_step_cuda(
-                x.data_ptr(), out.contiguous().data_ptr(), 0 if z is None else z.data_ptr(),
-                c.data_ptr(), x.numel(), pred, mode,
-                torch.cuda.current_stream(x.device).cuda_stream,
-            )  # fmt: skip
-        return
-    xs = x.numpy() if is_torch(x) else x
-    outs = out.detach().numpy() if is_torch(out) else out
-    zs = z.numpy() if is_torch(z) else z
-    _core.denoise_step(xs.reshape(-1), outs.reshape(-1), None if zs is None else zs.reshape(-1),
-                       consts, pred, mode)  # fmt: skip
 
 
 def philox_normals(seed: int, rows: int, slots: int, m: int) -> np.ndarray:

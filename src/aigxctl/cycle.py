@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from aigxctl import data, metrics, outputs, plot, scenarios, settings
+from aigxctl import core, data, metrics, outputs, plot, scenarios, settings
 from aigxctl.checkpoint import load_model
 from aigxctl.errors import UserError
 from aigxctl.evaluate import evaluate
@@ -176,8 +176,11 @@ def run_cycle(
     *,
     force: bool = False,
     resume: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Run T1 -> T2 -> T3 into ``out``; returns the report (also written as report.json).
+    ``device`` (auto, cpu, cuda or cuda:N; :func:`aigxctl.core.resolve_device`): where the
+    expert-route models train and every model is evaluated; the report's ``run.device`` says.
 
     ``out`` must be new or empty, or (with ``force``) a previous cycle's run directory, whose
     pieces are then replaced one by one; a directory holding anything else is refused. With
@@ -185,6 +188,7 @@ def run_cycle(
     not run again; the report's ``run.skipped`` lists them.
     """
     cfg.check()
+    dev = core.resolve_device(device)
     t1, t2 = scenarios.get(cfg.t1_scenario), scenarios.get(cfg.t2_scenario)
     if t1.m != t2.m:
         raise UserError(f"the two scenarios have different M ({t1.m} and {t2.m})")
@@ -193,7 +197,7 @@ def run_cycle(
     if resume and force:
         raise UserError("--resume continues the run that --force would replace")
     path = outputs.claim_dir(out, LAYOUT, force=force, resume=resume, what="cycle run")
-    run = CycleRun(cfg, path, display)
+    run = CycleRun(cfg, path, display, dev)
     finished = run.restore(t1, t2) if resume else set()
     for name, phase in (("T1", lambda: run.t1_good_weather(t1)),
                         ("T2", lambda: run.t2_rainstorm(t2)), ("T3", run.t3_retrain)):  # fmt: skip
@@ -212,8 +216,9 @@ class CycleRun:
     progress display shows. After each phase ``state.json`` records what is done, so an
     interrupted run resumes at the next phase."""
 
-    def __init__(self, cfg: CycleConfig, out: Path, display: Display | None) -> None:
-        self.cfg, self.out = cfg, out
+    def __init__(self, cfg: CycleConfig, out: Path, display: Display | None,
+                 device: str = "cpu") -> None:  # fmt: skip
+        self.cfg, self.out, self.device = cfg, out, device
         self.show = display or (lambda _stage, _status: None)
         self.curve: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
@@ -402,8 +407,8 @@ class CycleRun:
             train(TrainConfig(
                 data=[str(d) for d in datasets], out=str(path), arch=arch, steps=steps, lr=lr,
                 rate_weight=rate_weight, seed=cfg.seed, hidden=cfg.hidden,
-                init=str(init) if init else None, val_every=cfg.val_every, force=True),
-                progress)  # fmt: skip
+                init=str(init) if init else None, val_every=cfg.val_every, force=True,
+                device=self.device), progress)  # fmt: skip
         self.timings[name] = time.perf_counter() - t0
         return path
 
@@ -457,12 +462,14 @@ class CycleRun:
                  extra: dict[str, Path] | None = None) -> dict[str, Any]:  # fmt: skip
         """Every method of the phase on its evaluation draws (see :func:`_rates`)."""
         self.next_stage(phase, f"evaluate on {len(gains):,} fresh draws")
-        others = {"mlp": load_model(mlp)} if mlp else {}
+        dev = self.device
+        others = {"mlp": load_model(mlp, device=dev)} if mlp else {}
         for key, path in (extra or {}).items():
-            others[key] = load_model(path)
+            others[key] = load_model(path, device=dev)
         if self.sac is not None:
             others["sac"] = self.sac
-        return _rates(evaluate(load_model(gdm), gains, others=others, seed=self.cfg.seed))
+        return _rates(evaluate(load_model(gdm, device=dev), gains, others=others,
+                               seed=self.cfg.seed, device=dev))  # fmt: skip
 
     def _provenance(self) -> dict[str, Any]:
         """What made this report: version, command, wall time, machine, libraries."""
@@ -477,6 +484,7 @@ class CycleRun:
             "directory": str(self.out.resolve()), "wall_seconds": time.time() - self.started,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "skipped": self.skipped, "host": platform.node(), "cpu": _cpu_name(),
+            "device": self.device,
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__,
         }  # fmt: skip

@@ -33,9 +33,12 @@ def evaluate(
     baselines: tuple[str, ...] = BASELINES,
     others: dict[str, Any] | None = None,
     seed: int = 0,
+    device: str = "cpu",
     **allocate_kwargs: Any,
 ) -> dict[str, Any]:
-    """Mean sum rates on ``gains`` [N, M] at the model's P and sigma^2.
+    """Mean sum rates on ``gains`` [N, M] at the model's P and sigma^2. With ``device`` a GPU
+    (``cuda:N``), the model's allocations, the optimum's water-filling and their sum rates are
+    computed there (the gains copied once); the baselines stay on the CPU.
 
     ``others`` maps a name to another trained model (e.g. ``"mlp"``) evaluated beside it;
     ``allocate_kwargs`` go to ``model.allocate`` (mode, best_of, backend). Rows of zero gains
@@ -54,16 +57,23 @@ def evaluate(
             "scores 0 bit/s/Hz"
         )
     p, s2 = model.total_power, model.noise
-    model.allocate(gains[:1], seed=seed, **allocate_kwargs)  # warm-up (packs the fused sampler)
+    work = gains
+    if device != "cpu":
+        import torch
+
+        work = torch.as_tensor(gains, device=device)
+    model.allocate(work[:1], seed=seed, **allocate_kwargs)  # warm-up (packs the fused sampler)
     start = time.perf_counter()
-    power = model.allocate(gains, seed=seed, **allocate_kwargs)
+    power = model.allocate(work, seed=seed, **allocate_kwargs)
+    if device != "cpu":
+        torch.cuda.synchronize(device)  # the GPU's work done, as on the CPU
     seconds = time.perf_counter() - start
 
     def rate(alloc: np.ndarray) -> float:
         return metrics.mean_rate(gains, alloc, s2)
 
-    optimum = metrics.optimum_rate(gains, p, s2)
-    rates = {"model": rate(power), "optimum": optimum}
+    optimum = metrics.optimum_rate(work, p, s2)
+    rates = {"model": metrics.mean_rate(work, power, s2), "optimum": optimum}
     for name in baselines:
         if name == "equal":
             rates["equal"] = metrics.equal_rate(gains, p, s2)
@@ -94,6 +104,7 @@ def evaluate(
             "noise": s2,
             "arch": model.arch,
             "backend": model.backend_for(allocate_kwargs.get("backend", "auto"))[0],
+            "device": device,
         }
     )
     for name in others or {}:
@@ -111,15 +122,17 @@ def run(
     samples: int = 10_000,
     seed: int = 12345,
     baselines: str = "equal,random",
+    device: str = "auto",
     **allocate_kwargs: Any,
 ) -> dict[str, Any]:
     """``aigxctl evaluate``: the model in ``model_dir`` on a dataset's gains (``.npz`` or CSV)
     or on fresh draws of a scenario, beside the baselines named in ``baselines``
     ("equal,random,mlp:DIR,gdm:DIR"). The result is :func:`evaluate`'s, plus ``model``,
     ``data`` (what was evaluated on) and ``methods``: per method its rate, fraction of the
-    optimum and gain over equal (metrics.compare)."""
+    optimum and gain over equal (metrics.compare). ``device``: auto, cpu, cuda or cuda:N
+    (:func:`aigxctl.core.resolve_device`), for the model and the other trained models."""
+    from aigxctl import core, scenarios
     from aigxctl import data as datasets
-    from aigxctl import scenarios
     from aigxctl.checkpoint import load_model
     from aigxctl.model import MAX_BEST_OF
 
@@ -130,10 +143,11 @@ def run(
     best_of = allocate_kwargs.get("best_of")
     if best_of is not None and not 1 <= best_of <= MAX_BEST_OF:
         raise UserError(f"--best-of must be >= 1 and <= {MAX_BEST_OF}, got {best_of}")
+    dev = core.resolve_device(device)
     if data is None:  # before loading the model: a bad scenario or size fails fast
         s = scenarios.get(scenario)
         scenarios.check_draw_size(samples, s.m, "--samples")
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=dev)
     if data is not None:
         gains, source = datasets.read_gains(data), str(data)
     else:
@@ -143,10 +157,10 @@ def run(
     for item in (b.strip() for b in baselines.split(",") if b.strip()):
         if ":" in item:
             name, path = item.split(":", 1)
-            others[name] = load_model(path)
+            others[name] = load_model(path, device=dev)
         else:
             simple.append(item)
-    res = evaluate(model, gains, baselines=tuple(simple), others=others, seed=seed,
+    res = evaluate(model, gains, baselines=tuple(simple), others=others, seed=seed, device=dev,
                    **allocate_kwargs)  # fmt: skip
     res["methods"] = {
         key[: -len("_rate")]: metrics.compare(value, res["optimum_rate"], res["equal_rate"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +111,41 @@ def _like(gains: Any, power: np.ndarray) -> Any:
     return torch.as_tensor(power, dtype=dtype, device=gains.device)
 
 
+def _on_gpu(gains: Any, module: nn.Module) -> torch.device | None:
+    """The GPU to allocate on, or None for the CPU path: where CUDA-tensor gains are, else the
+    model's own device when it lives on a GPU (``load_model(dir, device="cuda")``)."""
+    if core.is_torch(gains) and gains.is_cuda:
+        return gains.device
+    dev = next(module.parameters()).device
+    return dev if dev.type == "cuda" else None
+
+
+def _gains_on(gains: Any, m: int, dev: torch.device) -> tuple[torch.Tensor, bool]:
+    """Gains as float32 [B, M] on ``dev`` (validated there: one host copy only when a gain is
+    invalid, to name it) and whether the input was one vector."""
+    g = torch.as_tensor(gains).detach()
+    single = g.ndim == 1
+    g = g.reshape(1, -1) if single else g
+    if g.ndim != 2 or g.shape[1] != m:
+        raise UserError(
+            f"the model was trained for M = {m} channels, but the gains have "
+            f"{g.shape[-1] if g.ndim else 0} columns"
+        )
+    g = g.to(dev, torch.float64 if not g.dtype.is_floating_point else g.dtype)
+    if not bool((torch.isfinite(g) & (g >= 0)).all()):
+        core.check_gains(g.double().cpu().numpy())
+    return g.to(torch.float32), single
+
+
+def _out_like(gains: Any, power: torch.Tensor) -> Any:
+    """An allocation computed on a GPU, as the same kind of array as ``gains``: a tensor on
+    the gains' device (their float dtype, else float32), NumPy float64 for anything else."""
+    if not core.is_torch(gains):
+        return power.double().cpu().numpy()
+    dtype = gains.dtype if gains.dtype.is_floating_point else torch.float32
+    return power.to(gains.device, dtype)
+
+
 @dataclass
 class GDM:
     """A trained conditional diffusion allocator."""
@@ -143,6 +177,11 @@ class GDM:
     def module(self) -> nn.Module:
         """The network that learns (the denoiser)."""
         return self.denoiser
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (``load_model(dir, device=...)``)."""
+        return next(self.denoiser.parameters()).device
 
     def weights_changed(self) -> None:
         """Say the denoiser's weights were changed in place (training): the fused sampler is
@@ -181,9 +220,11 @@ class GDM:
         return "torch", f"fused sampler unavailable: {self._fused_reason}"
 
     def sample_torch(
-        self, gains: np.ndarray, total_power: float | np.ndarray, noise: torch.Tensor, mode: str
-    ) -> np.ndarray:
-        """Allocations [B, M] with the plain PyTorch sampler and the given noise."""
+        self, gains: Any, total_power: float | np.ndarray, noise: torch.Tensor, mode: str
+    ) -> Any:
+        """Allocations [B, M] with the plain PyTorch sampler and the given noise, on the
+        denoiser's device: NumPy out for NumPy gains, a tensor on the gains' device for a
+        tensor."""
         dev = next(self.denoiser.parameters()).device
         g = torch.as_tensor(gains, dtype=torch.float32, device=dev)
         x = sample_reference(
@@ -195,7 +236,15 @@ class GDM:
             mode=mode,
         )
         p = to_allocation(x, torch.as_tensor(total_power, dtype=torch.float32, device=dev))
-        return p.cpu().numpy()
+        return p.to(gains.device) if core.is_torch(gains) else p.cpu().numpy()
+
+    def _sample(self, which: str, gk: Any, pk: Any, mode: str, seed: int) -> Any:
+        """Allocations for the rows ``gk`` with the backend ``which`` (same kind of array out)."""
+        if which == "fused":
+            return self.fused_sampler().sample(gk, pk, mode=mode, seed=seed)
+        gen = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
+        z = torch.randn((self.T + 1, *gk.shape), generator=gen)
+        return self.sample_torch(gk, pk, z, mode)
 
     def allocate(
         self,
@@ -212,7 +261,10 @@ class GDM:
 
         ``mode`` ``ddim`` (deterministic, the default) or ``ancestral``; ``best_of`` K draws K
         candidates per row and keeps the one with the highest sum rate; ``seed`` fixes the noise.
-        A torch tensor in gives a tensor out (same device), NumPy gives NumPy.
+        A torch tensor in gives a tensor out (same device), NumPy gives NumPy. CUDA tensors, or
+        any gains given to a model on a GPU (``load_model(dir, device="cuda")``), stay on the GPU
+        end to end: the weights packed there once, the fused CUDA sampler, the CUDA sum rate
+        for ``best_of``.
         """
         mode = mode or self.mode
         k = self.best_of if best_of is None else best_of
@@ -220,29 +272,44 @@ class GDM:
             raise UserError(f"mode must be ddim or ancestral, got {mode!r}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_BEST_OF:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
+        budget = self.total_power if total_power is None else total_power
+        seed = secrets.randbits(63) if seed is None else seed
+        dev = _on_gpu(gains, self.denoiser)
+        if dev is not None:
+            return self._allocate_on(dev, gains, budget, mode, int(k), seed, backend)
         g, single = _as_gains(gains, self.m)
         b = g.shape[0]
-        budget = self.total_power if total_power is None else total_power
         which, _ = self.backend_for(backend)
-        if seed is None:
-            seed = secrets.randbits(63)
         pk = core.power_budget(budget, b)
         if isinstance(pk, np.ndarray) and k > 1:
             pk = np.tile(pk, k)
         # K candidates per row: repeat the batch K times, pick the best per row.
         gk = np.tile(g, (k, 1)) if k > 1 else g
-        if which == "fused":
-            out = self.fused_sampler().sample(gk, pk, mode=mode, seed=seed)
-        else:
-            gen = torch.Generator().manual_seed(seed)
-            z = torch.randn((self.T + 1, *gk.shape), generator=gen)
-            out = self.sample_torch(gk, pk, z, mode)
-        out = np.asarray(out, dtype=np.float64)
+        out = np.asarray(self._sample(which, gk, pk, mode, seed), dtype=np.float64)
         if k > 1:
             rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
             best = rates.argmax(axis=0)
             out = out.reshape(k, b, -1)[best, np.arange(b)]
         return _like(gains, out[0] if single else out)
+
+    def _allocate_on(
+        self, dev: torch.device, gains: Any, budget: Any, mode: str, k: int, seed: int,
+        backend: str,
+    ) -> Any:  # fmt: skip
+        """:meth:`allocate` on the GPU ``dev``: the same steps as the CPU path, on tensors."""
+        g, single = _gains_on(gains, self.m, dev)
+        b = g.shape[0]
+        which, _ = self.backend_for(backend)
+        pk = core.power_budget(budget, b)
+        if isinstance(pk, np.ndarray) and k > 1:
+            pk = np.tile(pk, k)
+        gk = g.repeat(k, 1) if k > 1 else g
+        out = self._sample(which, gk, pk, mode, seed)
+        if k > 1:
+            rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
+            best = rates.argmax(dim=0)
+            out = out.reshape(k, b, -1)[best, torch.arange(b, device=out.device)]
+        return _out_like(gains, out[0] if single else out)
 
 
 @dataclass
@@ -270,30 +337,34 @@ class MLPAllocator:
     def weights_changed(self) -> None:
         """Nothing is derived from the weights: the network is used as it is."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (``load_model(dir, device=...)``)."""
+        return next(self.net.parameters()).device
+
     def backend_for(self, backend: str = "auto") -> tuple[str, str]:
         return "torch", "the MLP baseline runs in PyTorch"
+
+    def _forward(self, g: torch.Tensor, p_rows: np.ndarray) -> torch.Tensor:
+        """Allocations for float32 gains ``g`` [B, M] on the network's device."""
+        dev = self.device
+        with torch.no_grad():
+            mean = torch.as_tensor(self.cond_mean, dtype=torch.float32, device=dev)
+            std = torch.as_tensor(self.cond_std, dtype=torch.float32, device=dev)
+            y = self.net((g - mean) / std)
+            return to_allocation(y, torch.as_tensor(p_rows, dtype=torch.float32, device=dev))
 
     def allocate(
         self, gains: Any, total_power: float | np.ndarray | None = None, **_: Any
     ) -> np.ndarray:
+        budget = self.total_power if total_power is None else total_power
+        dev = _on_gpu(gains, self.net)
+        if dev is not None:  # tensors all the way (run where the network is)
+            g, single = _gains_on(gains, self.m, dev)
+            p = self._forward(g.to(self.device), core.power_rows(budget, g.shape[0]))
+            return _out_like(gains, p[0] if single else p)
         g, single = _as_gains(gains, self.m)
-        b = g.shape[0]
-        p_rows = core.power_rows(self.total_power if total_power is None else total_power, b)
-        dev = next(self.net.parameters()).device
-        with torch.no_grad():
-            gt = torch.as_tensor(g, dtype=torch.float32, device=dev)
-            mean = torch.as_tensor(self.cond_mean, dtype=torch.float32, device=dev)
-            std = torch.as_tensor(self.cond_std, dtype=torch.float32, device=dev)
-            y = self.net((gt - mean) / std)
-            p = to_allocation(y, torch.as_tensor(p_rows, dtype=torch.float32, device=dev))
-        out = p.cpu().numpy().astype(np.float64)
+        p_rows = core.power_rows(budget, g.shape[0])
+        gt = torch.as_tensor(g, dtype=torch.float32, device=self.device)
+        out = self._forward(gt, p_rows).cpu().numpy().astype(np.float64)
         return _like(gains, out[0] if single else out)
-
-
-def timed_allocate(
-    model: GDM | MLPAllocator, gains: np.ndarray, **kwargs: Any
-) -> tuple[np.ndarray, float]:
-    """Allocate and return (powers, seconds)."""
-    start = time.perf_counter()
-    out = model.allocate(gains, **kwargs)
-    return out, time.perf_counter() - start

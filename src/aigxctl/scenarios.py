@@ -238,9 +238,6 @@ class Scenario:
             "groups": [g.to_dict() for g in self.groups],
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
     def to_toml(self) -> str:
         """The scenario as a TOML file that :func:`get` reads back to an equal scenario."""
         d = self.to_dict()

@@ -66,7 +66,8 @@ def setting(
 
 
 ARCHS = ("gdm", "mlp")
-DEVICES = ("auto", "cpu", "cuda")
+# What --device takes (cuda:N too: aigxctl.core.resolve_device reads them all).
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 SCHEDULES = ("vp", "linear", "cosine")
 PREDICTIONS = ("x0", "eps")
 SAMPLING_MODES = ("ddim", "ancestral")
@@ -108,12 +109,6 @@ def describe(cls: type, name: str) -> dict[str, Any]:
     """What the CLI needs of one setting: help text, default, choices, bounds."""
     f = next(f for f in fields(cls) if f.name == name)
     return {"default": f.default, **f.metadata}
-
-
-def _cuda_available() -> bool:
-    import torch  # only when a GPU is asked for: the settings are read without torch
-
-    return bool(torch.cuda.is_available())
 
 
 # ---- the settings of the commands -----------------------------------------------------------
@@ -159,8 +154,8 @@ class TrainConfig(RunSettings):
     rate_weight: float = setting(0.01, "Weight of the sum-rate regret beside the MSE (0: MSE "
                                  "alone, as in the paper).", low=0.0)  # fmt: skip
     resume: bool = setting(False, "Continue the interrupted run saved in --out.")
-    device: str = setting("auto", "Where to train: a GPU when there is one, or the CPU.",
-                          choices=DEVICES)  # fmt: skip
+    device: str = setting("auto", "Where to train: auto (a GPU when the core and torch see one, "
+                          "else the CPU), cpu, cuda or cuda:N.")  # fmt: skip
     nproc: int = setting(1, "Data-parallel processes (DDP).", low=1, high=MAX_NPROC)
     tensorboard: bool = setting(False, "Also log to TensorBoard (in --out/tensorboard).")
     extra: dict[str, Any] = field(default_factory=dict)
@@ -169,8 +164,11 @@ class TrainConfig(RunSettings):
         check(self)
         if not self.data:
             raise UserError("--data: give at least one dataset (.npz from 'aigxctl collect')")
-        if self.device == "cuda" and not _cuda_available():
-            raise UserError("--device cuda: no CUDA GPU is available to PyTorch")
+        from aigxctl.core import resolve_device  # the compiled core; torch only with a GPU
+
+        if resolve_device(self.device) != "cpu" and ":" in self.device and self.nproc > 1:
+            raise UserError(f"--device {self.device} names one GPU; with --nproc > 1 use "
+                            "--device cuda (one GPU per process)")  # fmt: skip
         if self.resume and self.init:
             raise UserError("--resume and --init exclude each other")
         if self.resume and self.force:

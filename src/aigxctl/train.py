@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aigxctl import checkpoint, data, metrics, outputs, signals
+from aigxctl import checkpoint, core, data, metrics, outputs, signals
 from aigxctl.checkpoint import load_model, save_model
 from aigxctl.diffusion import Schedule, loss, rate_regret
 from aigxctl.errors import UserError
@@ -47,11 +47,13 @@ Progress = Callable[[int, dict[str, float]], None]
 
 
 def _device(cfg: TrainConfig, rank: int) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        # One GPU per process of this machine: torchrun says which in LOCAL_RANK.
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        return torch.device("cuda", local % torch.cuda.device_count())
-    return torch.device("cpu")
+    """Where this process trains (core.resolve_device): the CPU, the GPU ``cuda:N`` names, or
+    with ``cuda``/``auto`` one GPU per process of this machine (torchrun's LOCAL_RANK)."""
+    dev = core.resolve_device(cfg.device)
+    if dev == "cpu" or ":" in cfg.device:
+        return torch.device(dev)
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    return torch.device("cuda", local % torch.cuda.device_count())
 
 
 @dataclass
@@ -323,7 +325,8 @@ def _run(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         with signals.StopRequest(hard=not distributed) as stop:
-            return _loop(cfg, out, run_data, resume, rank, world, device, progress, stop)
+            result = _loop(cfg, out, run_data, resume, rank, world, device, progress, stop)
+            return {**result, "device": str(device)}
     finally:
         if distributed:
             dist.destroy_process_group()

@@ -1,0 +1,52 @@
+// Run-time choice of the instruction-set level (see isa.h).
+#include "isa.h"
+
+#include <atomic>
+
+namespace aigx {
+namespace {
+
+int detect() {
+#if defined(AIGX_ISA_X86)
+  __builtin_cpu_init();
+  // libgcc's checks include the OS's XSAVE support of the ymm/zmm state.
+  const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c");
+  const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512vl");
+  return v4 ? kIsaAvx512 : (v3 ? kIsaAvx2 : kIsaBaseline);
+#else
+  return kIsaBaseline;
+#endif
+}
+
+std::atomic<int>& active() {
+  static std::atomic<int> level{isa_supported()};
+  return level;
+}
+
+}  // namespace
+
+int isa_supported() {
+  static const int level = detect();
+  return level;
+}
+
+int isa_active() { return active().load(std::memory_order_relaxed); }
+
+bool set_isa(int level) {
+  if (level < kIsaBaseline || level > isa_supported()) return false;
+  active().store(level, std::memory_order_relaxed);
+  return true;
+}
+
+const char* isa_name(int level) {
+  switch (level) {
+    case kIsaAvx2: return "avx2";
+    case kIsaAvx512: return "avx512";
+    default: return "baseline";
+  }
+}
+
+}  // namespace aigx
