@@ -379,9 +379,7 @@ def collect(
     """
     import time
 
-    from rich.markup import escape
-
-    from aigxctl import core, data, files, scenarios
+    from aigxctl import core, data, scenarios
 
     if samples < 1:
         raise UserError(f"--samples must be >= 1, got {samples}")
@@ -389,40 +387,21 @@ def collect(
         raise UserError(f"--seed must be >= 0, got {seed}")
     if total_power is not None:
         core.check_level("--total-power", total_power)
-    if fmt is None:
-        fmt = DataFormat.csv if out.suffix.lower() == ".csv" else DataFormat.npz
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a directory, expected a file name")
-    if out.exists() and not force:
-        raise UserError(f"{out} exists; pass --force to overwrite it")
     s = scenarios.get(scenario)
     start = time.perf_counter()
     with report.StepProgress(f"collect {s.name}", samples, quiet=quiet or samples < 200_000) as bar:
-        try:
-            info = data.collect_to_file(
-                s,
-                samples,
-                seed,
-                out,
-                total_power=total_power,
-                csv=fmt is DataFormat.csv,
-                progress=bar.update,
-                # Checked again as the file gets its name: another run may have made it since.
-                overwrite=force,
-            )
-        except files.TargetExists:
-            raise UserError(f"{out} exists; pass --force to overwrite it") from None
-    secs = time.perf_counter() - start
+        info = data.collect_to_file(s, samples, seed, out, total_power=total_power,
+                                    csv=None if fmt is None else fmt is DataFormat.csv,
+                                    progress=bar.update, overwrite=force)  # fmt: skip
     # A tiny P rounds every rate to 0: no ratio to show then.
-    vs_equal = (
-        f" ({info['expert_rate'] / info['equal_rate'] - 1:+.1%} over equal)"
-        if info["equal_rate"] > 0
-        else ""
-    )
+    vs_equal = (f" ({info['expert_rate'] / info['equal_rate'] - 1:+.1%} over equal)"
+                if info["equal_rate"] > 0 else "")  # fmt: skip
+    kind = "csv" if (fmt is DataFormat.csv or (fmt is None and out.suffix.lower() == ".csv")) \
+        else "npz"
     report.err.print(
         f"[green]✓[/] {samples:,} samples of {escape(s.name)} (M={s.m}, "
-        f"P={info['total_power']:g}, seed {seed}) -> {escape(str(out))} ({fmt.value}) in "
-        f"{secs:.2f} s; expert mean sum rate "
+        f"P={info['total_power']:g}, seed {seed}) -> {escape(str(out))} ({kind}) in "
+        f"{time.perf_counter() - start:.2f} s; expert mean sum rate "
         f"{info['expert_rate']:.4f} bit/s/Hz{vs_equal}"
     )
 

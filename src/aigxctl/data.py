@@ -36,7 +36,7 @@ import numpy as np
 
 from aigxctl import core
 from aigxctl.errors import UserError
-from aigxctl.files import atomic_path
+from aigxctl.files import TargetExists, atomic_path
 from aigxctl.scenarios import CHUNK_ROWS, MAX_CHANNELS, SCALE_RANGE, Scenario, draw_chunks
 
 __all__ = [
@@ -282,15 +282,16 @@ def collect_to_file(
     *,
     total_power: float | None = None,
     progress: Callable[[int], None] | None = None,
-    csv: bool = False,
+    csv: bool | None = False,
     chunk: int = CHUNK_ROWS,
     overwrite: bool = True,
 ) -> dict[str, Any]:
     """Draw, label and write a dataset chunk by chunk; ``progress(rows_done)`` after each chunk.
 
-    With ``csv`` the file is a CSV (header ``g1..gM,p1..pM,sum_rate``, one sample per row) for
-    spreadsheets and MATLAB. An existing ``out`` is replaced; with ``overwrite=False`` it is
-    not, even one that appears while this runs (:class:`aigxctl.files.TargetExists`). Returns
+    With ``csv`` (None: when ``out`` ends in .csv) the file is a CSV (header
+    ``g1..gM,p1..pM,sum_rate``, one sample per row) for spreadsheets and MATLAB. An existing
+    ``out`` is replaced; with ``overwrite=False`` it is not, even one that appears while this
+    runs (:class:`aigxctl.files.TargetExists`). Returns
     the metadata plus the mean sum rates of the expert and of the equal split. Write errors (a
     full disk) are one UserError line naming ``out``.
     """
@@ -304,6 +305,10 @@ def collect_to_file(
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{out}: is a directory, expected a file name")
+    if not overwrite and out.exists():  # checked again as the file gets its name
+        raise TargetExists(f"{out} exists; pass --force to overwrite it")
+    if csv is None:
+        csv = out.suffix.lower() == ".csv"
     meta = _meta(scenario, samples, seed)
     sums = {"expert": 0.0, "equal": 0.0, "done": 0}
 

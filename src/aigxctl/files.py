@@ -416,14 +416,14 @@ def _link_new(tmp: Path, real: Path, shown: Path) -> None:
     try:
         os.link(tmp, real)
     except FileExistsError:
-        raise TargetExists(f"{shown} exists") from None
+        raise TargetExists(f"{shown} exists; pass --force to overwrite it") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
         # A file system without hard links (FAT, some network mounts): check, then rename.
         # Racy, but the best such a file system allows.
         if os.path.lexists(real):
-            raise TargetExists(f"{shown} exists") from None
+            raise TargetExists(f"{shown} exists; pass --force to overwrite it") from None
         os.replace(tmp, real)
         return
     tmp.unlink()
