@@ -175,7 +175,7 @@ def test_checkpoint_files_get_the_same_permissions(dataset, tmp_path):
 def test_bench_sample_times_a_checkpoints_allocate(run, dataset, tmp_path):
     train(TrainConfig(data=[str(dataset)], out=str(tmp_path / "g"), steps=2, **TINY))
     res = run("bench", "sample", "--model", tmp_path / "g", "--batches", "1,5", "--repeats", "1",
-              "--json")  # fmt: skip
+              "--contenders", "fused,torch", "--json")  # fmt: skip
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["model"]["api"] == "allocate" and doc["model"]["hidden"] == 16

@@ -26,12 +26,20 @@ if TYPE_CHECKING:  # torch is imported only when a sampling benchmark runs (seco
     from aigxctl.model import GDM
 
 __all__ = [
+    "CONTENDERS",
     "bisection_waterfill",
     "collect",
     "collect_table",
+    "ddim_decision",
+    "decision_flops",
+    "export_onnx",
+    "fma_peak",
     "machine",
     "numpy_waterfill",
+    "sample",
     "sample_gpu",
+    "sample_notes",
+    "sample_table",
     "timeit",
     "torch_waterfill",
     "waterfill",
@@ -214,6 +222,500 @@ def waterfill_table(results: dict[str, Any]) -> Any:
     )
 
 
+# --- sampling: the fused core against the contenders a user could pick instead --------------
+
+# What `bench sample` times on the CPU, in this order (JSON keys; LABELS for the tables).
+CONTENDERS = ("fused", "torch", "torch_compile", "onnxruntime", "openvino")
+LABELS = {"fused": "fused", "torch": "torch", "torch_compile": "torch.compile",
+          "onnxruntime": "onnxruntime", "openvino": "openvino"}  # fmt: skip
+# The runtimes `pip install aigxctl[bench]` brings (the module each contender imports).
+RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+# Every contender must give the torch backend's allocations within this before it is timed.
+EQUAL_ATOL = 1e-5
+# The seed of the decisions timed (its Philox start noise is the runtimes' input).
+DECISION_SEED = 1
+
+
+def decision_flops(m: int, hidden: int, steps: int) -> int:
+    """Floating-point operations of one DDIM decision as the fused core computes it (2 per
+    multiply-add of its matrix products; Mish and the element-wise update not counted): the
+    condition branch once (M -> H, then the folded H -> H), then per step the x part of the
+    first trunk layer (M -> H), the second (H -> H) and the output layer (H -> M). The core
+    also multiplies the output layer's zero padding (M rounded up to 16): not useful work, not
+    counted. M = 20, H = 256, T = 6: 1.05 MFLOP (1.09 with the padding)."""
+    return 2 * hidden * (m + hidden) + 2 * steps * hidden * (2 * m + hidden)
+
+
+# A plain loop of independent float32 FMA chains, the widest the CPU has (512 or 256 bits), on
+# N threads: what "the machine's FMA peak" means in `bench sample`. Compiled at run time with the
+# system C compiler (the one torch.compile needs too); without one, library GEMMs stand in.
+_FMA_LOOP_C = r"""
+#include <pthread.h>
+#include <immintrin.h>
+
+#define CHAINS 24
+typedef struct { long iters; int width; float sink; } job_t;
+
+__attribute__((target("avx512f"))) static float loop512(long iters) {
+  __m512 a[CHAINS], b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  for (int i = 0; i < CHAINS; ++i) a[i] = _mm512_set1_ps((float)i);
+  for (long k = 0; k < iters; ++k)
+#pragma GCC unroll 24
+    for (int i = 0; i < CHAINS; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+  float s = 0.0f;
+  for (int i = 0; i < CHAINS; ++i) s += _mm512_reduce_add_ps(a[i]);
+  return s;
+}
+
+__attribute__((target("avx2,fma"))) static float loop256(long iters) {
+  __m256 a[CHAINS / 2], b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  float out[8], s = 0.0f;
+  for (int i = 0; i < CHAINS / 2; ++i) a[i] = _mm256_set1_ps((float)i);
+  for (long k = 0; k < iters; ++k)
+#pragma GCC unroll 12
+    for (int i = 0; i < CHAINS / 2; ++i) a[i] = _mm256_fmadd_ps(a[i], b, c);
+  for (int i = 0; i < CHAINS / 2; ++i) {
+    _mm256_storeu_ps(out, a[i]);
+    for (int j = 0; j < 8; ++j) s += out[j];
+  }
+  return s;
+}
+
+static void* run(void* p) {
+  job_t* j = (job_t*)p;
+  j->sink = j->width == 512 ? loop512(j->iters) : loop256(j->iters);
+  return 0;
+}
+
+/* The widest FMA this CPU has: 512, 256 or 0 (none). */
+int fma_width(void) {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return 512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 256;
+  return 0;
+}
+
+/* FLOP done by `threads` threads each running `iters` iterations of independent FMA chains
+   of `width` bits (2 FLOP per lane per FMA); the caller times the call. */
+double fma_run(int threads, long iters, int width) {
+  pthread_t th[256];
+  job_t jobs[256];
+  int lanes = width / 32, chains = width == 512 ? CHAINS : CHAINS / 2;
+  if (threads > 256) threads = 256;
+  for (int t = 0; t < threads; ++t) {
+    jobs[t].iters = iters;
+    jobs[t].width = width;
+    pthread_create(&th[t], 0, run, &jobs[t]);
+  }
+  for (int t = 0; t < threads; ++t) pthread_join(th[t], 0);
+  return 2.0 * lanes * chains * (double)iters * threads;
+}
+"""
+
+
+def _fma_loop(threads: int, rounds: int, seconds: float = 0.1) -> dict[str, Any] | None:
+    """FLOP/s of :data:`_FMA_LOOP_C` on ``threads`` threads (best of ``rounds`` runs of about
+    ``seconds`` each), or None where it cannot be compiled or the CPU has no FMA."""
+    import ctypes
+    import shutil
+    import subprocess
+    import tempfile
+
+    cc = shutil.which(os.environ.get("CC") or "cc")
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="aigxctl-fma-") as tmp:
+        src, lib = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma.so")
+        with open(src, "w") as f:
+            f.write(_FMA_LOOP_C)
+        try:
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", src, "-o", lib, "-lpthread"],
+                           check=True, capture_output=True, timeout=120)  # fmt: skip
+            dll = ctypes.CDLL(lib)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    dll.fma_run.restype = ctypes.c_double
+    dll.fma_run.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    width = int(dll.fma_width())
+    if width == 0:
+        return None
+    start = time.perf_counter()
+    flop = dll.fma_run(threads, 200_000, width)
+    iters = max(1000, int(200_000 * seconds / max(time.perf_counter() - start, 1e-6)))
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        flop = dll.fma_run(threads, iters, width)
+        rates.append(flop / (time.perf_counter() - start))
+    return {"flop_per_s": max(rates), "width_bits": width, "compiler": cc}
+
+
+def _gemm_peak(threads: int, rounds: int = 3, n: int = 2048) -> dict[str, float]:
+    """FLOP/s of an ``n`` x ``n`` x ``n`` float32 matrix product (2 n^3 FLOP) on ``threads``
+    threads, best of ``rounds``, with torch.mm (MKL), oneDNN (torch's mkldnn linear) and
+    numpy.matmul (its BLAS)."""
+    import warnings
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        tc, c = torch.empty(n, n), np.empty((n, n), np.float32)
+        fns: dict[str, Callable[[], object]] = {
+            "torch.mm": lambda: torch.mm(ta, tb, out=tc),
+            "numpy.matmul": lambda: np.matmul(a, b, out=c),
+        }
+        if torch.backends.mkldnn.is_available():
+            with warnings.catch_warnings():  # its TorchScript module is deprecated, not gone
+                warnings.simplefilter("ignore")
+                from torch.utils import mkldnn
+
+                dnn = mkldnn.to_mkldnn(torch.nn.Linear(n, n, bias=False).eval())
+            xd = ta.to_mkldnn()
+            fns["onednn"] = lambda: dnn(xd)
+        best = {}
+        with torch.no_grad():
+            for name, fn in fns.items():
+                fn()
+                times = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - start)
+                best[name] = 2.0 * n**3 / min(times)
+    finally:
+        torch.set_num_threads(before)
+    return best
+
+
+def fma_peak(threads: int, rounds: int = 5, gemm: bool = True) -> dict[str, Any]:
+    """The machine's float32 FMA peak as measured here, on ``threads`` threads: a plain loop of
+    independent FMA chains at the widest vector width the CPU has (:data:`_FMA_LOOP_C`, compiled
+    with the system C compiler), best of ``rounds`` runs of 0.1 s. Where that cannot run, the
+    best float32 GEMM of torch (MKL), oneDNN and NumPy instead: a lower bound, and a loose one
+    on some CPUs (MKL takes its AVX2 path on AMD). Both are in the result (the GEMMs only with
+    ``gemm`` or without the loop)."""
+    loop = _fma_loop(threads, rounds)
+    gemms = _gemm_peak(threads) if gemm or loop is None else {}
+    if loop is not None:
+        peak, by = loop["flop_per_s"], f"{loop['width_bits']}-bit FMA loop"
+        what = (f"a loop of independent {loop['width_bits']}-bit float32 FMA chains on "
+                f"{threads} threads, best of {rounds} runs of 0.1 s")  # fmt: skip
+    else:
+        by = max(gemms, key=lambda k: gemms[k])
+        peak = gemms[by]
+        what = (f"no FMA loop here (no C compiler): the best float32 2048^3 GEMM ({by}) on "
+                f"{threads} threads, best of 3, a lower bound of the FMA peak")  # fmt: skip
+    return {"flop_per_s": peak, "by": by, "what": what, "threads": threads,
+            "fma_loop": loop, "gemm": gemms}  # fmt: skip
+
+
+def _reference_gdm(m: int, hidden: int, steps: int, seed: int) -> GDM:
+    """A GDM of the reference denoiser shape, random init (eps prediction, vp schedule)."""
+    import torch
+
+    from aigxctl.diffusion import Schedule
+    from aigxctl.model import GDM, Denoiser
+
+    torch.manual_seed(seed)
+    return GDM(
+        denoiser=Denoiser(m, hidden).eval(),
+        schedule=Schedule.create("vp", steps),
+        pred="eps",
+        cond_mean=np.full(m, 4.0),
+        cond_std=np.full(m, 1.7),
+        total_power=0.2,
+        noise=1.0,
+    )
+
+
+def ddim_decision(model: GDM) -> torch.nn.Module:
+    """The model's whole DDIM decision (eta = 0, deterministic given its start noise) as one
+    PyTorch module, for torch.compile and the ONNX export: ``(gains [B, M] float32, z0 [B, M]
+    float32) -> powers [B, M]`` at the model's P. It has the fused core's hoisting, with the
+    core's own packed weights (aigxctl.fused): the condition branch once, its second layer
+    folded into the first trunk layer, the time branch a per-step bias; the T steps unrolled
+    with the schedule's constants. Equals ``model.allocate(gains, mode="ddim",
+    backend="torch")`` with that start noise (bench checks it within 1e-5 before timing)."""
+    import torch
+    import torch.nn.functional as F
+
+    sampler = model.fused_sampler()
+    if sampler is None:
+        raise UserError(f"the fused sampler cannot run this model: {model._fused_reason}")
+    m, hidden, steps = sampler.m, sampler.hidden, sampler.steps
+    layout = core.pack_layout(m, hidden, steps)
+
+    def part(name: str, *shape: int) -> torch.Tensor:
+        size = int(np.prod(shape))
+        return torch.from_numpy(sampler.pack[layout[name] : layout[name] + size].reshape(shape))
+
+    sch = model.schedule
+    consts = [
+        (float(sch.sqrt_recip_abar[i]), float(sch.sqrt_recipm1_abar[i]), float(sch.sqrt_abar[i]),
+         float(sch.sqrt_1m_abar[i]), float(sch.sqrt_abar_prev[i]),
+         float(sch.sqrt_1m_abar_prev[i]))
+        for i in reversed(range(steps))
+    ]  # fmt: skip
+    x0_pred, total_power = model.pred == "x0", float(model.total_power)
+
+    class Decision(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # nn.Linear's layout [out, in]: the pack stores the transposes.
+            weights = {
+                "mean": part("cond_mean", m), "std": part("cond_std", m),
+                "w_c1": part("w_c1", m, hidden).T, "b_c1": part("b_c1", hidden),
+                "w_cc": part("w_cc", hidden, hidden).T, "b_cc": part("b_cc", hidden),
+                "w_x": part("w_x", m, hidden).T, "step_bias": part("step_bias", steps, hidden),
+                "w_2": part("w_2", hidden, hidden).T, "b_2": part("b_2", hidden),
+                "w_3": part("w_3", hidden, layout["m_pad"])[:, :m].T,
+                "b_3": part("b_3", layout["m_pad"])[:m],
+            }  # fmt: skip
+            for name, value in weights.items():
+                self.register_buffer(name, value.contiguous().clone())
+
+        def forward(self, gains: torch.Tensor, z0: torch.Tensor) -> torch.Tensor:
+            c = (gains - self.mean) / self.std
+            cc = F.linear(F.mish(F.linear(c, self.w_c1, self.b_c1)), self.w_cc, self.b_cc)
+            x = z0
+            for k, (a, b, sa, s1m, sap, s1mp) in enumerate(consts):
+                h1 = F.mish(F.linear(x, self.w_x, self.step_bias[steps - 1 - k]) + cc)
+                out = F.linear(F.mish(F.linear(h1, self.w_2, self.b_2)), self.w_3, self.b_3)
+                x0 = (out if x0_pred else a * x - b * out).clamp(-1.0, 1.0)
+                x = sap * x0 + s1mp * ((x - sa * x0) / s1m)
+            mag = x.abs()
+            total = mag.sum(-1, keepdim=True)
+            ok = total > 0
+            frac = torch.where(ok, mag / torch.where(ok, total, torch.ones_like(total)),
+                               torch.full_like(mag, 1.0 / m))  # fmt: skip
+            return frac * total_power
+
+    return Decision().eval()
+
+
+def export_onnx(decision: torch.nn.Module, m: int, path: str) -> None:
+    """Export :func:`ddim_decision` to ONNX at ``path`` (inputs ``gains``, ``z0``; output
+    ``power``; the batch dimension dynamic), with torch.onnx's TorchScript exporter."""
+    import warnings
+
+    import torch
+
+    z = torch.zeros(2, m)
+    with warnings.catch_warnings():  # the exporter's notes on the legacy path are not ours
+        warnings.simplefilter("ignore")
+        torch.onnx.export(decision, (z + 1.0, z), path, dynamo=False, opset_version=18,
+                          input_names=["gains", "z0"], output_names=["power"],
+                          dynamic_axes={n: {0: "B"} for n in ("gains", "z0", "power")})  # fmt: skip
+
+
+class _Contenders:
+    """What :func:`sample` times on the CPU for one model, each giving the DDIM decision for
+    float32 gains and the start noise of seed :data:`DECISION_SEED`:
+
+    - ``fused``: ``model.allocate(gains, mode="ddim", best_of=1, seed=...)`` as a user calls
+      it (validation, float64 out, the core draws its Philox noise), backend fused;
+    - ``torch``: the same call with backend torch (the plain sampler, its Philox noise drawn);
+    - ``torch_compile``: torch.compile of :func:`ddim_decision` (fullgraph, static shapes,
+      Inductor freezing), given the start noise;
+    - ``onnxruntime`` / ``openvino``: its ONNX export (f32, CPU), given the start noise.
+
+    All on ``threads`` threads. A contender that cannot run, or does not equal the torch
+    backend within :data:`EQUAL_ATOL`, is left out with its reason in ``errors``."""
+
+    def __init__(self, model: GDM, names: list[str], threads: int, workdir: str) -> None:
+        self.model, self.names, self.threads = model, list(names), threads
+        self.errors: dict[str, str] = {}
+        self.notes: dict[str, dict[str, str]] = {}
+        self.versions: dict[str, str] = {}
+        self.compiled: Any = None
+        self.ort_session: Any = None
+        self.ov_core: Any = None
+        self.onnx_path = os.path.join(workdir, "decision.onnx")
+        wants_export = any(n in ("torch_compile", *RUNTIMES) for n in names)
+        self.decision = ddim_decision(model) if wants_export else None
+        if any(n in RUNTIMES for n in names):
+            self._try("export", lambda: export_onnx(self.decision, model.m, self.onnx_path))
+        if "torch_compile" in names:
+            self._try("torch_compile", self._compile)
+        if "onnxruntime" in names and "export" not in self.errors:
+            self._try("onnxruntime", self._ort)
+        if "openvino" in names and "export" not in self.errors:
+            self._try("openvino", self._ov)
+        if "export" in self.errors:
+            for n in RUNTIMES:
+                if n in names:
+                    self.errors[n] = f"ONNX export failed: {self.errors['export']}"
+        self.errors.pop("export", None)
+
+    def _try(self, name: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # an optional contender: report it, time the others
+            self.errors[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+
+    def _compile(self) -> None:
+        import torch
+
+        self.versions["torch"] = torch.__version__
+        self.compiled = torch.compile(self.decision, dynamic=False, fullgraph=True,
+                                      options={"freezing": True})  # fmt: skip
+
+    def _ort(self) -> None:
+        import onnxruntime as ort
+
+        self.versions["onnxruntime"] = ort.__version__
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.ort_session = ort.InferenceSession(self.onnx_path, opts,
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
+
+    def _ov(self) -> None:
+        import openvino as ov
+
+        self.versions["openvino"] = ov.get_version()
+        self.ov_core = ov.Core()
+        self.ov_model = self.ov_core.read_model(self.onnx_path)
+
+    def _ov_request(self, b: int) -> Any:
+        """An OpenVINO infer request of the decision compiled for batch ``b`` (static shapes),
+        f32, ``threads`` threads, latency hint. Where the CPU plugin's subgraph fusion
+        ("snippets") fails to compile it (OpenVINO 2026.4 does for some small batches: "Supported
+        precisions set is not available for Mish operation"), compiled again without it, and
+        that is noted in ``notes``."""
+        model = self.ov_model.clone()
+        model.reshape({"gains": [b, self.model.m], "z0": [b, self.model.m]})
+        config = {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32",
+                  "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+        try:
+            compiled = self.ov_core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:
+            compiled = self.ov_core.compile_model(
+                model, "CPU", {**config, "SNIPPETS_MODE": "DISABLE"}
+            )
+            why = str(exc).strip().splitlines()[-1][:160]
+            self.notes.setdefault("openvino", {})[str(b)] = f"SNIPPETS_MODE=DISABLE ({why})"
+        return compiled.create_infer_request()
+
+    def calls(self, g: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+        """One decision per contender on the gains ``g`` (float32 [B, M])."""
+        import torch
+
+        model, seed = self.model, DECISION_SEED
+        z0 = np.ascontiguousarray(model.noise_for(seed, len(g))[0])
+        gt, zt = torch.from_numpy(g), torch.from_numpy(z0)
+        fns: dict[str, Callable[[], np.ndarray]] = {}
+
+        def api(backend: str) -> Callable[[], np.ndarray]:
+            return lambda: model.allocate(g, mode="ddim", best_of=1, seed=seed, backend=backend)
+
+        fns["fused"], fns["torch"] = api("fused"), api("torch")
+        if self.compiled is not None:
+
+            def compiled() -> np.ndarray:
+                with torch.no_grad():
+                    return self.compiled(gt, zt).numpy()
+
+            fns["torch_compile"] = compiled
+        if self.ort_session is not None:
+            sess, feed = self.ort_session, {"gains": g, "z0": z0}
+            fns["onnxruntime"] = lambda: sess.run(None, feed)[0]
+        if self.ov_core is not None:
+            try:
+                request = self._ov_request(len(g))
+            except RuntimeError as exc:  # cannot compile this batch size: report, time others
+                self.errors["openvino"] = f"B = {len(g)}: {str(exc).strip()[:200]}"
+            else:
+                feed = {"gains": g, "z0": z0}
+
+                def openvino() -> np.ndarray:
+                    request.infer(feed, share_inputs=True)
+                    return request.get_output_tensor(0).data
+
+                fns["openvino"] = openvino
+        return {n: fns[n] for n in self.names if n in fns}
+
+    def checked(self, g: np.ndarray) -> dict[str, Callable[[], np.ndarray]]:
+        """:meth:`calls` of the contenders that equal the torch backend on ``g`` within
+        :data:`EQUAL_ATOL` (each run once here, which also compiles what compiles lazily); the
+        others go to ``errors``. Records the largest difference of each in ``last_diff``."""
+        ref = self.model.allocate(g, mode="ddim", best_of=1, seed=DECISION_SEED,
+                                  backend="torch")  # fmt: skip
+        self.last_diff: dict[str, float] = {}
+        fns = {}
+        for name, fn in self.calls(g).items():
+            try:
+                diff = float(np.max(np.abs(np.asarray(fn(), np.float64) - ref)))
+            except Exception as exc:  # a compile that fails surfaces at the first call
+                self.errors[name] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+                continue
+            self.last_diff[name] = diff
+            if not diff <= EQUAL_ATOL:
+                self.errors[name] = (f"B = {len(g)}: differs from the torch backend by "
+                                     f"{diff:.2e} > {EQUAL_ATOL:g}; not timed")  # fmt: skip
+                continue
+            fns[name] = fn
+        return fns
+
+
+def _rounds(fns: dict[str, Callable[[], object]], rounds: int, min_seconds: float
+            ) -> dict[str, list[float]]:  # fmt: skip
+    """Seconds per call of each function, one sample per round: each sample times enough calls
+    to last ``min_seconds``, and the functions alternate round by round (the order rotated each
+    round), so a slow spell of a shared machine falls on all of them."""
+    inner = {}
+    for name, fn in fns.items():
+        fn()  # warm-up
+        start = time.perf_counter()
+        fn()
+        inner[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-9)))
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn, count = fns[name], inner[name]
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            samples[name].append((time.perf_counter() - start) / count)
+    return samples
+
+
+def _contender_names(contenders: list[str] | None, compile_torch: bool) -> tuple[list[str], dict]:
+    """The contenders to time and those skipped with why: ``contenders`` as asked (an unknown
+    name, or a runtime that is not installed, is an error), or all of them, less torch.compile
+    without ``compile_torch`` and less the runtimes that are not installed."""
+    import importlib.util
+
+    asked = contenders is not None
+    names = list(CONTENDERS) if contenders is None else list(dict.fromkeys(contenders))
+    for n in names:
+        if n not in CONTENDERS:
+            raise UserError(f"--contenders must list names from {', '.join(CONTENDERS)}, "
+                            f"got {n!r}")  # fmt: skip
+    for n in ("fused", "torch"):  # the subject and the reference of the equality check
+        if n not in names:
+            names.insert(CONTENDERS.index(n), n)
+    skipped = {}
+    if not compile_torch and "torch_compile" in names:
+        names.remove("torch_compile")
+        skipped["torch_compile"] = "--no-compile"
+    for n, module in RUNTIMES.items():
+        if n in names and importlib.util.find_spec(module) is None:
+            if asked:
+                raise UserError(f"--contenders {n}: {module} is not installed here "
+                                "(pip install 'aigxctl[bench]')")  # fmt: skip
+            names.remove(n)
+            skipped[n] = "not installed (pip install 'aigxctl[bench]')"
+    return names, skipped
+
+
 def sample(
     batches: list[int],
     repeats: int = 5,
@@ -224,125 +726,120 @@ def sample(
     seed: int = 0,
     model_dir: str | None = None,
     device: str = "cpu",
+    contenders: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Allocations/s of the fused sampler vs the plain PyTorch sampler (and ``torch.compile`` of
-    it, when that works here), same weights (reference denoiser shape, random init), same mode
-    (ancestral DDPM, noise drawn by each), T = ``steps``, M = ``m``.
+    """Allocations/s of the fused core's DDIM decision against the contenders of
+    :class:`_Contenders` (plain PyTorch, torch.compile, ONNX Runtime and OpenVINO when
+    installed), in one process, same weights, each checked equal to the torch backend before
+    it is timed; ``repeats`` rounds with the contenders alternating, min / median / max; the
+    machine's FMA peak (:func:`fma_peak`) and the fraction of it each reaches
+    (:func:`decision_flops` per allocation).
 
-    With ``model_dir``, a trained checkpoint is timed the way a user calls it instead:
-    ``model.allocate(gains, backend="fused")`` against ``backend="torch"`` (its own M, size, T and
-    decision mode; validation and conversions included; no torch.compile). ``device``
-    (core.resolve_device) a GPU: the model there, or :func:`sample_gpu`.
+    The model: the checkpoint in ``model_dir`` (timed as a user calls it: ``load_model(DIR)
+    .allocate``), or else the reference denoiser shape with random init, M = ``m``, hidden
+    ``hidden``, T = ``steps``. ``contenders`` (names of :data:`CONTENDERS`) limits what runs;
+    by default all that are installed. ``device`` (core.resolve_device) a GPU: the checkpoint's
+    allocate there (fused vs torch), or :func:`sample_gpu`.
     """
     _check_repeats(repeats)  # before importing torch (seconds): mistakes fail fast
     dev = core.resolve_device(device)
-    if model_dir is not None:
+    names, skipped = _contender_names(contenders, compile_torch)
+    if model_dir is not None and dev != "cpu":
         return _sample_api(model_dir, batches, repeats, seed, dev)
     if dev != "cpu":
         return sample_gpu(batches, repeats, dev, m, hidden, steps, compile_torch, seed)
-    if not 1 <= m <= MAX_CHANNELS:
-        raise UserError(f"m must be >= 1 and <= {MAX_CHANNELS}, got {m}")
-    _check_batches(batches, m)
+    if model_dir is None:
+        if not 1 <= m <= MAX_CHANNELS:
+            raise UserError(f"m must be >= 1 and <= {MAX_CHANNELS}, got {m}")
+        _check_batches(batches, m)
+    import tempfile
 
     import torch
 
-    samplers = _Samplers(m, hidden, steps, seed, compile_torch)
-    rng = np.random.default_rng(seed)
-    cases = [
-        samplers.time_batch(rng.uniform(1.0, 7.0, (b, m)).astype(np.float32), repeats)
-        for b in batches
-    ]
+    from aigxctl.checkpoint import load_model
+    from aigxctl.model import GDM
+
+    if model_dir is not None:
+        model = load_model(model_dir)
+        if not isinstance(model, GDM):
+            raise UserError(f"{model_dir}: bench sample times a gdm model, this one is "
+                            f"{model.arch}")  # fmt: skip
+        model.backend_for("fused")  # a clear error if the compiled sampler cannot run it
+        _check_batches(batches, model.m)
+        about = {"path": str(model_dir), "api": "allocate", "hidden": int(model.config["hidden"])}
+    else:
+        model = _reference_gdm(m, hidden, steps, seed)
+        about = {"hidden": hidden}
+    threads = core.num_threads()
+    flop = decision_flops(model.m, about["hidden"], model.T)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # every contender on the core's threads
+    load = [os.getloadavg()[0]]
+    try:
+        peak = fma_peak(threads)
+        with tempfile.TemporaryDirectory(prefix="aigxctl-bench-") as tmp:
+            contest = _Contenders(model, names, threads, tmp)
+            rng = np.random.default_rng(seed)
+            timed = []
+            for b in batches:
+                g = rng.uniform(1.0, 7.0, (b, model.m)).astype(np.float32)
+                fns = contest.checked(g)
+                timed.append((b, _rounds(fns, repeats, 0.2), dict(contest.last_diff)))
+        # Measured again after the cases: on a shared machine the better of the two is the
+        # closer to the peak (both kept).
+        after = fma_peak(threads, gemm=False)
+        if after["flop_per_s"] > peak["flop_per_s"]:
+            after, peak = peak, after
+        peak["other_measurement"] = after["flop_per_s"]
+    finally:
+        torch.set_num_threads(before)
+    load.append(os.getloadavg()[0])
+    cases = [_case(b, samples, diff, flop, peak["flop_per_s"]) for b, samples, diff in timed]
+    about.update(m=model.m, steps=model.T, schedule=model.schedule.kind, pred=model.pred,
+                 mode="ddim", best_of=1)  # fmt: skip
     return {
         "benchmark": "sample",
         "device": "cpu",
-        "model": {"m": m, "hidden": hidden, "steps": steps, "schedule": "vp", "mode": "ancestral"},
-        "torch_threads": torch.get_num_threads(),
-        "torch_compile_error": samplers.compile_error,
+        "model": about,
+        "threads": threads,
+        "torch_threads": threads,
+        "rounds": repeats,
+        "load_average": {"before": load[0], "after": load[1]},
+        "flop_per_allocation": flop,
+        "fma_peak": peak,
+        "contenders": names,
+        "skipped": skipped,
+        "errors": contest.errors,
+        "notes": contest.notes,
+        "versions": contest.versions,
+        "torch_compile_error": contest.errors.get("torch_compile"),
         "machine": machine(),
         "cases": cases,
     }
 
 
-class _Samplers:
-    """What :func:`sample` times, on one model (reference denoiser shape, random init): the
-    fused sampler, the plain PyTorch one, and ``torch.compile`` of the plain one while it
-    works (its error, once it fails, is kept in ``compile_error``)."""
-
-    def __init__(self, m: int, hidden: int, steps: int, seed: int, compile_torch: bool) -> None:
-        import torch
-
-        from aigxctl.diffusion import Schedule
-        from aigxctl.model import GDM, Denoiser
-
-        torch.manual_seed(seed)
-        self.model = GDM(
-            denoiser=Denoiser(m, hidden).eval(),
-            schedule=Schedule.create("vp", steps),
-            pred="eps",
-            cond_mean=np.full(m, 4.0),
-            cond_std=np.full(m, 1.7),
-            total_power=0.2,
-            noise=1.0,
-        )
-        self.fused = self.model.fused_sampler()
-        self.plain = _plain_sampler(self.model, steps)
-        self.compiled: Any = None
-        self.compile_error: str | None = None
-        if compile_torch:
-            try:
-                self.compiled = torch.compile(self.model.denoiser, dynamic=False)
-            except Exception as exc:  # torch.compile is optional here: report, don't fail
-                self.compile_error = f"{type(exc).__name__}: {exc}"
-
-    def time_batch(self, g: np.ndarray, repeats: int) -> dict[str, Any]:
-        """One case: allocations/s of each sampler on the float32 gains ``g`` and the ratios."""
-        import torch
-
-        b = len(g)
-        model, plain, fused = self.model, self.plain, self.fused
-        gt = torch.from_numpy(g)
-        t_plain = timeit(lambda gt=gt: plain(gt, model.denoiser), repeats, 0.2)
-        t_fused = timeit(lambda g=g: fused.sample(g, 0.2, mode="ancestral", seed=1), repeats, 0.2)
-        case: dict[str, Any] = {
-            "batch": b,
-            "allocations_per_s": {"fused": b / t_fused, "torch": b / t_plain},
-            "speedup_vs_torch": t_plain / t_fused,
-        }
-        if self.compiled is not None:
-            try:
-                t_comp = timeit(lambda gt=gt, c=self.compiled: plain(gt, c), repeats, 0.2)
-                case["allocations_per_s"]["torch_compile"] = b / t_comp
-                case["speedup_vs_torch_compile"] = t_comp / t_fused
-            except Exception as exc:  # compile failures surface at the first call
-                self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                self.compiled = None
-        return case
-
-
-def _plain_sampler(
-    model: GDM, steps: int
-) -> Callable[[torch.Tensor, torch.nn.Module], torch.Tensor]:
-    """The plain PyTorch sampler of ``model`` (ancestral DDPM, T = ``steps``), run through the
-    denoiser it is given (the model's own or a compiled one)."""
-    import torch
-
-    from aigxctl.diffusion import sample_reference, to_allocation
-
-    def plain(g: torch.Tensor, den: torch.nn.Module) -> torch.Tensor:
-        with torch.no_grad():
-            z = torch.randn(steps + 1, *g.shape)
-            x = sample_reference(den, model.schedule, model.normalise(g), z, pred="eps",
-                                 mode="ancestral")  # fmt: skip
-            return to_allocation(x, 0.2)
-
-    return plain
+def _case(b: int, samples: dict[str, list[float]], diff: dict[str, float], flop: int,
+          peak: float) -> dict[str, Any]:  # fmt: skip
+    """One batch size's figures from the seconds per call of each contender."""
+    rate = {n: b / statistics.median(s) for n, s in samples.items()}
+    spread = {n: {"min": b / max(s), "median": rate[n], "max": b / min(s)} for n, s in
+              samples.items()}  # fmt: skip
+    return {
+        "batch": b,
+        "allocations_per_s": rate,
+        "spread": spread,
+        "speedup_vs": {n: rate["fused"] / r for n, r in rate.items() if n != "fused"},
+        "speedup_vs_torch": rate["fused"] / rate["torch"],
+        "fraction_of_peak": {n: r * flop / peak for n, r in rate.items()},
+        "max_abs_diff_vs_torch": {n: diff[n] for n in samples if n in diff},
+    }
 
 
 def _sample_api(
-    model_dir: str, batches: list[int], repeats: int, seed: int, device: str = "cpu"
+    model_dir: str, batches: list[int], repeats: int, seed: int, device: str
 ) -> dict[str, Any]:
-    """:func:`sample` with ``model_dir``: a checkpoint's ``allocate``, fused vs torch, with the
-    model on ``device`` (NumPy gains in and out, as a user calls it)."""
+    """:func:`sample` with ``model_dir`` on a GPU: a checkpoint's ``allocate``, fused vs torch,
+    with the model on ``device`` (NumPy gains in and out, as a user calls it)."""
     import torch
 
     from aigxctl.checkpoint import load_model
@@ -387,34 +884,82 @@ def _sample_api(
     }
 
 
+def _si(x: float) -> str:
+    """A rate in 3 significant digits with an SI suffix: 912, 36.9k, 1.85M."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale * 0.9995:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _times(ratio: float) -> str:
+    """A ratio in 3 significant digits, whole above 100: 2.71x, 19.3x, 1,560x."""
+    return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
+
+
 def sample_table(results: dict[str, Any]) -> Any:
-    """A Rich table of :func:`sample` results."""
+    """A Rich table of :func:`sample` results: on the CPU one row per batch size and contender
+    (median allocations/s, min..max over the rounds, how many times faster the fused core is,
+    the fraction of the FMA peak), narrow enough for 80 columns."""
     from aigxctl.report import table
 
-    if results.get("device", "cpu") != "cpu" and "path" not in results["model"]:
-        return _sample_gpu_table(results)
-
-    has_compile = any("torch_compile" in c["allocations_per_s"] for c in results["cases"])
-    cols = ["B", "fused", "torch"] + (["torch.compile"] if has_compile else [])
-    cols += ["fused / torch"] + (["fused / compile"] if has_compile else [])
+    if results.get("device", "cpu") != "cpu":
+        if "path" not in results["model"]:
+            return _sample_gpu_table(results)
+        return _sample_api_table(results)
     rows = []
     for c in results["cases"]:
-        r = c["allocations_per_s"]
-        row = [f"{c['batch']:,}", f"{r['fused']:.3g}", f"{r['torch']:.3g}"]
-        if has_compile:
-            row.append(f"{r['torch_compile']:.3g}" if "torch_compile" in r else "-")
-        row.append(f"{c['speedup_vs_torch']:.1f}x")
-        if has_compile:
-            row.append(f"{c['speedup_vs_torch_compile']:.1f}x" if "speedup_vs_torch_compile" in c
-                       else "-")  # fmt: skip
-        rows.append(row)
-    mdl = results["model"]
-    what = f"{mdl['path']}.allocate" if "path" in mdl else "sampling"
+        for n, r in c["allocations_per_s"].items():
+            s = c["spread"][n]
+            rows.append([
+                f"{c['batch']:,}" if n == "fused" else "", LABELS[n], _si(r),
+                f"{_si(s['min'])}..{_si(s['max'])}",
+                "" if n == "fused" else _times(c["speedup_vs"][n]),
+                f"{c['fraction_of_peak'][n]:.1%}",
+            ])  # fmt: skip
+    mdl, peak = results["model"], results["fma_peak"]
+    what = f"{mdl['path']}.allocate" if "path" in mdl else "random-init model"
     return table(
-        f"{what}, allocations/s (M={mdl['m']}, hidden {mdl['hidden']}, T={mdl['steps']}, "
-        f"{mdl['mode']}, on {results.get('device', 'cpu')}, {results['machine']['core_threads']} "
-        "threads)",
-        cols,
+        f"DDIM decisions/s, {what} (M={mdl['m']}, hidden {mdl['hidden']}, T={mdl['steps']}), "
+        f"{results['threads']} threads, median of {results['rounds']} rounds; FMA peak "
+        f"{peak['flop_per_s'] / 1e9:.0f} GFLOP/s ({peak['by']}), "
+        f"{results['flop_per_allocation'] / 1e6:.2f} MFLOP per decision",
+        ["B", "contender", "alloc/s", "min..max", "fused is", "of peak"],
+        rows,
+    )
+
+
+def sample_notes(results: dict[str, Any]) -> list[str]:
+    """Lines for stderr under the table: contenders skipped or left out, and why."""
+    lines = [f"{LABELS.get(n, n)} skipped: {why}" for n, why in results.get("skipped", {}).items()]
+    lines += [f"{LABELS.get(n, n)} left out: {why}" for n, why in results.get("errors", {}).items()]
+    lines += [
+        f"{LABELS.get(n, n)} at B = {b}: {how}"
+        for n, by_batch in results.get("notes", {}).items()
+        for b, how in by_batch.items()
+    ]
+    load, cpus = results.get("load_average"), results.get("machine", {}).get("cpu_count")
+    if load and cpus and max(load.values()) > 0.75 * cpus:
+        lines.append(f"the machine was busy (load average {load['before']:.1f} before, "
+                     f"{load['after']:.1f} after, on {cpus} CPUs): the figures are noisy, the "
+                     "peak and the contenders on OpenMP threads the most")  # fmt: skip
+    if not lines and results.get("torch_compile_error"):
+        lines.append(f"torch.compile unavailable: {results['torch_compile_error']}")
+    return lines
+
+
+def _sample_api_table(results: dict[str, Any]) -> Any:
+    """The table of :func:`_sample_api` (a checkpoint's allocate on a GPU, fused vs torch)."""
+    from aigxctl.report import table
+
+    rows = [[f"{c['batch']:,}", _si(c["allocations_per_s"]["fused"]),
+             _si(c["allocations_per_s"]["torch"]), f"{c['speedup_vs_torch']:.1f}x"]
+            for c in results["cases"]]  # fmt: skip
+    mdl = results["model"]
+    return table(
+        f"{mdl['path']}.allocate, allocations/s (M={mdl['m']}, hidden {mdl['hidden']}, "
+        f"T={mdl['steps']}, {mdl['mode']}, on {results['device']})",
+        ["B", "fused", "torch", "fused / torch"],
         rows,
     )
 
@@ -616,8 +1161,8 @@ class _GpuSamplers:
 
         import torch
 
-        samplers = _Samplers(m, hidden, steps, seed, compile_torch=False)
-        self.model, self.fused, self.steps = samplers.model, samplers.fused, steps
+        self.model = _reference_gdm(m, hidden, steps, seed)
+        self.fused, self.steps = self.model.fused_sampler(), steps
         self.device = device
         self.model.denoiser.to(device)
         # Everything the plain sampler reads, on the GPU already: a CUDA graph captures no copy

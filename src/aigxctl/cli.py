@@ -715,7 +715,9 @@ def bench_sample(
         bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
     batches: Annotated[str, typer.Option("--batches", help="Comma-separated B.")] = "1,64,4096",
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats (median).")] = 5,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Timed rounds (min / median / max).")
+    ] = 5,
     no_compile: Annotated[
         bool, typer.Option("--no-compile", help="Skip the torch.compile baseline.", metavar="")
     ] = False,
@@ -723,29 +725,41 @@ def bench_sample(
         Path | None,
         typer.Option(
             "--model",
-            help="Time this checkpoint's allocate(gains, backend=fused|torch) instead, as a "
-            "user calls it.",
+            help="Time this checkpoint (its allocate as a user calls it) instead of a "
+            "random-init model of the reference shape.",
+        ),
+    ] = None,
+    contenders: Annotated[
+        str | None,
+        typer.Option(
+            "--contenders",
+            help="Comma-separated: fused, torch, torch_compile, onnxruntime, openvino "
+            "\\[default: all installed].",
+            show_default=False,
         ),
     ] = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Allocations/s of the fused sampler vs the plain PyTorch sampler (same weights; on a GPU
-    also with CUDA graphs)."""
+    """DDIM decisions/s of the fused core vs plain PyTorch, torch.compile, and ONNX Runtime and
+    OpenVINO when installed (pip install 'aigxctl\\[bench]'): same weights, each checked equal
+    to the torch backend first, rounds alternating; with the machine's FMA peak and the
+    fraction of it each reaches. On a GPU: fused vs PyTorch (eager, CUDA graphs, compile)."""
     from aigxctl import bench
 
     results = bench.sample(
         _int_list("--batches", batches),
         repeats,
-        compile_torch=not no_compile and model is None,
+        compile_torch=not no_compile,
         model_dir=str(model) if model else None,
         device=device,
+        contenders=[c.strip() for c in contenders.split(",")] if contenders else None,
     )
     if json_out:
         report.out.print_json(data=results)
     else:
         report.out.print(bench.sample_table(results))
-        if results["torch_compile_error"]:
-            report.err.print(f"torch.compile unavailable: {results['torch_compile_error']}")
+        for line in bench.sample_notes(results):
+            report.err.print(line, markup=False, highlight=False)
 
 
 @bench_app.command("collect")

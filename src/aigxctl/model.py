@@ -102,6 +102,13 @@ def _as_gains(gains: Any, m: int) -> tuple[np.ndarray, bool]:
     return g, single
 
 
+def _check_seed(seed: Any) -> int:
+    """``seed`` as the core's Philox key: an integer >= 0 and < 2**64."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise UserError(f"seed must be an integer >= 0 and < 2**64, got {seed!r}")
+    return int(seed)
+
+
 def _like(gains: Any, power: np.ndarray) -> Any:
     """``power`` as the same kind of array as ``gains``: a torch tensor (same device, float
     dtype) for tensor input, NumPy float64 otherwise."""
@@ -242,9 +249,14 @@ class GDM:
         """Allocations for the rows ``gk`` with the backend ``which`` (same kind of array out)."""
         if which == "fused":
             return self.fused_sampler().sample(gk, pk, mode=mode, seed=seed)
-        gen = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
-        z = torch.randn((self.T + 1, *gk.shape), generator=gen)
-        return self.sample_torch(gk, pk, z, mode)
+        return self.sample_torch(gk, pk, torch.from_numpy(self.noise_for(seed, len(gk))), mode)
+
+    def noise_for(self, seed: int, rows: int) -> np.ndarray:
+        """The noise ``[T+1, rows, M]`` every backend uses for ``seed``: the core's Philox
+        normals (:func:`aigxctl.core.philox_normals`), the ones the fused samplers draw for
+        themselves on the CPU and the GPU, so one seed gives one allocation on every backend
+        (within 1e-5). Row r's noise does not depend on the batch it is in."""
+        return core.philox_normals(seed, rows, self.T + 1, self.m)
 
     def allocate(
         self,
@@ -260,7 +272,8 @@ class GDM:
         adds up to P (the model's own P unless ``total_power`` is given).
 
         ``mode`` ``ddim`` (deterministic, the default) or ``ancestral``; ``best_of`` K draws K
-        candidates per row and keeps the one with the highest sum rate; ``seed`` fixes the noise.
+        candidates per row and keeps the one with the highest sum rate; ``seed`` fixes the noise,
+        the same Philox normals on every backend (:meth:`noise_for`).
         A torch tensor in gives a tensor out (same device), NumPy gives NumPy. CUDA tensors, or
         any gains given to a model on a GPU (``load_model(dir, device="cuda")``), stay on the GPU
         end to end: the weights packed there once, the fused CUDA sampler, the CUDA sum rate
@@ -273,7 +286,7 @@ class GDM:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_BEST_OF:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         budget = self.total_power if total_power is None else total_power
-        seed = secrets.randbits(63) if seed is None else seed
+        seed = secrets.randbits(63) if seed is None else _check_seed(seed)
         dev = _on_gpu(gains, self.denoiser)
         if dev is not None:
             return self._allocate_on(dev, gains, budget, mode, int(k), seed, backend)
