@@ -274,7 +274,7 @@ def scenarios_list(ctx: typer.Context) -> None:
             "\n".join(g.describe() for g in s.groups),
             escape(s.description),
         ]
-        for name, s in scenarios.builtin().items()
+        for name, s in {**scenarios.builtin(), **scenarios.families()}.items()
     ]
     t = report.table(
         "built-in scenarios",
@@ -284,7 +284,7 @@ def scenarios_list(ctx: typer.Context) -> None:
         "aigxctl scenarios show NAME|FILE.toml for one",
     )
     t.columns[4].justify = t.columns[5].justify = "left"
-    t.columns[4].no_wrap = True
+    t.columns[5].no_wrap = True  # a description reads whole, or in the vertical layout
     report.out.print(t)
 
 
@@ -434,7 +434,8 @@ def choices(cls: type, name: str) -> Any:
 def _scenario_names(incomplete: str) -> list[str]:
     from aigxctl import scenarios
 
-    return [name for name in scenarios.builtin() if name.startswith(incomplete)]
+    names = {**scenarios.builtin(), **scenarios.families()}
+    return [name for name in names if name.startswith(incomplete)]
 
 
 _TC, _RC = settings.TrainConfig, settings.RewardConfig

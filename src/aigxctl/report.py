@@ -28,16 +28,20 @@ class FitTable(Table):
     ``column: value`` lines instead."""
 
     def min_width_needed(self) -> int:
-        """Columns as wide as their longest cell (headers may wrap between words), with
-        padding and borders."""
+        """Numeric (right-aligned) and no-wrap columns as wide as their longest line, text
+        columns as their longest word (text wraps, numbers must not), with padding, borders."""
         from rich.cells import cell_len
 
         need = len(self.columns) + 1
         for column in self.columns:
-            words = str(column.header).split() or [""]
-            longest = max([cell_len(str(c)) for c in column.cells] + [cell_len(w) for w in words])
-            column.min_width = longest  # Rich may squeeze a column below its text otherwise
-            need += longest + 2
+            cells = [str(c) for c in column.cells]
+            if column.justify == "right" or column.no_wrap:
+                pieces = [line for c in cells for line in c.splitlines()]
+                column.min_width = max([cell_len(x) for x in pieces] or [0])  # never squeezed
+            else:
+                pieces = [w for c in cells for w in c.split()]
+            words = str(column.header).split()
+            need += max([cell_len(x) for x in pieces + words] or [0]) + 2
         return need
 
     def __rich_console__(self, console: Console, options: Any) -> Any:
@@ -55,8 +59,9 @@ class FitTable(Table):
             yield Text("")
             for name, column in zip(names, cells, strict=True):
                 value = str(column[r]) if r < len(column) else ""
-                if value:
-                    yield Text(f"{name.replace(chr(10), ' '):>{width}}  {value}")
+                for i, line in enumerate(value.splitlines()):
+                    label = name.replace(chr(10), " ") if i == 0 else ""
+                    yield Text(f"{label:>{width}}  {line}")
 
 
 def table(
