@@ -405,7 +405,11 @@ def interrupted(dataset, tmp_path) -> Path:
         (lambda d: (d / "resume.json").write_text("{bad"), "not valid JSON"),
         (lambda d: (d / "resume.json").write_text("{}"), "no valid step"),
         (lambda d: (d / "resume.json").write_text('{"step": 1e9}'), "no valid step"),
-        (lambda d: (d / "resume.json").write_text('{"step": 1000000000}'), "not within"),
+        (lambda d: (d / "resume.json").write_text('{"step": 1000000000}'),
+         "not within|does not match"),
+        (lambda d: (d / "resume.safetensors").write_bytes(
+            (d / "resume.safetensors").read_bytes()[:-1]
+            + bytes([(d / "resume.safetensors").read_bytes()[-1] ^ 1])), "checksum"),
         (lambda d: (d / "resume.safetensors").unlink(), "missing"),
         (lambda d: (d / "resume.safetensors").write_bytes(
             (d / "resume.safetensors").read_bytes()[:100]), "damaged"),
@@ -424,6 +428,10 @@ def test_resume_state_without_rng_is_refused(dataset, interrupted):
     state = load_file(str(path))
     del state["rng"]
     save_file(state, str(path))
+    # Past the checksum (else that catches it first): the state as an older aigxctl wrote it.
+    info = {"step": json.loads((interrupted / "resume.json").read_text())["step"]}
+    (interrupted / "resume.json").write_text(json.dumps(info))
+    edit_config(interrupted, resume=info)
     with pytest.raises(UserError, match="random-generator"):
         train(cfg(dataset, interrupted, steps=10, resume=True))
 

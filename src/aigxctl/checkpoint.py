@@ -135,40 +135,58 @@ def save_model(
     *,
     metrics: list[str] | None = None,
     staging: Path | None = None,
+    force: bool = True,
+    replaces: bool = False,
 ) -> dict[str, Any]:
     """Write a complete checkpoint directory and swap it in at ``out``; returns the config.
 
-    An existing directory at ``out`` is replaced only when it is an aigxctl checkpoint (the
-    caller asks the user's --force first, through :func:`claim`); the old one stays whole until
-    the new one is. ``metrics`` are the lines of metrics.jsonl; ``staging`` is a directory
-    already made by :func:`outputs.new_staging_dir` (holding the run's TensorBoard logs, say).
-    Raises CheckpointWriteError, with nothing changed at ``out``, when the disk refuses.
+    An existing directory at ``out`` is replaced only when it is an aigxctl checkpoint and
+    ``force`` (the user's --force) or ``replaces`` (the run being resumed) allows it, checked
+    again here because another run may have written ``out`` since it started; the old one
+    stays whole until the new one is, and its permissions carry over. ``metrics`` are the lines
+    of metrics.jsonl; ``staging`` is a directory already made by
+    :func:`outputs.new_staging_dir` (holding the run's TensorBoard logs, say); it is removed if
+    anything fails. Raises CheckpointWriteError, with nothing changed at ``out``, when the disk
+    refuses, and UserError when ``out`` may not be replaced.
     """
-    path = claim(out, force=True, resume=True)
-    if staging is None:
-        staging = outputs.new_staging_dir(path)
     umask = os.umask(0)
     os.umask(umask)
-    mode = 0o666 & ~umask
     try:
+        path = claim(out, force=force, resume=replaces)
+        if staging is None:
+            staging = outputs.new_staging_dir(path)
+        if path.is_dir():  # a replaced checkpoint keeps its permissions (a private one stays so)
+            staging.chmod(path.stat().st_mode & 0o7777)
+
+        def mode(name: str) -> int:
+            old = path / name
+            return old.stat().st_mode & 0o777 if old.is_file() else 0o666 & ~umask
+
         state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
         blob = safetensors.torch.save(state)
         cfg = model_config(model, {**(extra or {}),
                                    "weights_sha256": hashlib.sha256(blob).hexdigest()})  # fmt: skip
-        _write(staging / WEIGHTS, blob, mode)
+        _write(staging / WEIGHTS, blob, mode(WEIGHTS))
         if resume is not None:
-            _write(staging / RESUME_WEIGHTS, safetensors.torch.save(
-                {k: v.detach().cpu().contiguous() for k, v in resume.items()}), mode)  # fmt: skip
-            _write(staging / RESUME_INFO, json.dumps(resume_info or {}).encode(), mode)
+            resume_blob = safetensors.torch.save(
+                {k: v.detach().cpu().contiguous() for k, v in resume.items()})  # fmt: skip
+            # The resume state is checksummed too: a flipped bit would resume a different run.
+            resume_info = {**(resume_info or {}),
+                           "sha256": hashlib.sha256(resume_blob).hexdigest()}  # fmt: skip
+            _write(staging / RESUME_WEIGHTS, resume_blob, mode(RESUME_WEIGHTS))
+            _write(staging / RESUME_INFO, json.dumps(resume_info).encode(), mode(RESUME_INFO))
+            cfg["resume"] = resume_info
         if metrics:
-            _write(staging / METRICS, ("\n".join(metrics) + "\n").encode(), mode)
-        _write(staging / CONFIG, (json.dumps(cfg, indent=2) + "\n").encode(), mode)
+            _write(staging / METRICS, ("\n".join(metrics) + "\n").encode(), mode(METRICS))
+        _write(staging / CONFIG, (json.dumps(cfg, indent=2) + "\n").encode(), mode(CONFIG))
         outputs.commit_dir(staging, path, LAYOUT)
     except OSError as exc:
-        outputs.discard(staging, LAYOUT)
+        if staging is not None:
+            outputs.discard(staging, LAYOUT)
         raise CheckpointWriteError(Path(out), exc.strerror or str(exc)) from None
     except BaseException:
-        outputs.discard(staging, LAYOUT)
+        if staging is not None:
+            outputs.discard(staging, LAYOUT)
         raise
     return cfg
 
@@ -327,6 +345,14 @@ def read_resume(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     except (SafetensorError, RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise UserError(f"{path / RESUME_WEIGHTS}: damaged ({first}); {hint}") from None
+    digest = info.get("sha256")
+    if digest is not None and hashlib.sha256(
+        (path / RESUME_WEIGHTS).read_bytes()
+    ).hexdigest() != digest:
+        raise UserError(f"{path / RESUME_WEIGHTS}: does not match its checksum (damaged); {hint}")
+    saved = read_config(path).get("resume")
+    if isinstance(saved, dict) and saved != info:
+        raise UserError(f"{path / RESUME_INFO}: does not match {CONFIG} (damaged); {hint}")
     rng = state.get("rng")
     if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
         raise UserError(f"{path / RESUME_WEIGHTS}: damaged (no random-generator state); {hint}")
@@ -400,6 +426,24 @@ def provenance(cfg: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _check_weights_size(path: Path, cfg: dict[str, Any]) -> None:
+    """Refuse a config.json whose network the weights file is too small to hold, before the
+    network is built (a tampered hidden width would otherwise allocate gigabytes first)."""
+    m, h = int(cfg["m"]), int(cfg["hidden"])
+    if cfg["arch"] == "gdm":
+        t = int(cfg.get("t_dim", 16))
+        count = (m * h + h + h * h + h) + (t * 2 * t + 2 * t + 2 * t * t + t) + (
+            (h + m + t) * h + h + h * h + h + h * m + m)  # fmt: skip
+    else:
+        count = m * h + h + 2 * (h * h + h) + h * m + m
+    weights = path / WEIGHTS
+    if weights.is_file() and weights.stat().st_size < 4 * count:
+        raise UserError(
+            f"{weights}: {weights.stat().st_size:,} bytes, too small for the network "
+            f"{CONFIG} describes ({4 * count:,} bytes of weights): damaged or does not match"
+        )
+
+
 def load_model(
     path: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> GDM | MLPAllocator:
@@ -413,6 +457,7 @@ def load_model(
     path = default_model_path() if path is None else Path(path)
     cfg = read_config(path)
     m = int(cfg["m"])
+    _check_weights_size(path, cfg)
     if cfg["arch"] == "gdm":
         module: torch.nn.Module = Denoiser(m, int(cfg["hidden"]), int(cfg.get("t_dim", 16)))
     else:

@@ -38,6 +38,8 @@ __all__ = [
 MAX_STEPS = 100_000_000
 MAX_BATCH = 1 << 20
 MAX_NPROC = 256
+MAX_SEED = 2**32 - 1  # the run's streams derive from seed * 1000 + rank in 64 bits
+MAX_LR = 1e6  # far above any learning rate that trains; much above it float32 overflows
 # Model sizes (also the bounds a checkpoint's config.json is checked against).
 MAX_HIDDEN = 16_384
 MAX_T_DIM = 1024
@@ -121,7 +123,8 @@ class RunSettings:
 
     out: str = setting(help="Checkpoint directory to write.")
     steps: int = setting(3000, "Optimizer steps.", low=1, high=MAX_STEPS)
-    seed: int = setting(0, "Seed of the initial weights, the batches and the noise.", low=0)
+    seed: int = setting(0, "Seed of the initial weights, the batches and the noise.", low=0,
+                        high=MAX_SEED)
     hidden: int = setting(256, "Hidden width of the networks.", low=2, high=MAX_HIDDEN)
     denoise_steps: int = setting(6, "Denoising steps T of the diffusion model.", low=1,
                                  high=MAX_DENOISE_STEPS)  # fmt: skip
@@ -144,7 +147,7 @@ class TrainConfig(RunSettings):
                         choices=ARCHS)  # fmt: skip
     batch: int = setting(512, "Batch size, all processes together.", low=1, high=MAX_BATCH)
     lr: float = setting(2e-3, "Peak learning rate of AdamW (short warm-up, cosine decay).",
-                        above=0.0)  # fmt: skip
+                        above=0.0, high=MAX_LR)  # fmt: skip
     weight_decay: float = setting(1e-4, "AdamW weight decay.", low=0.0)
     schedule: str = setting("vp", "Noise schedule of the diffusion.", choices=SCHEDULES)
     pred: str = setting("x0", "What the denoiser predicts: the clean sample or the noise.",
@@ -183,8 +186,8 @@ class RewardConfig(RunSettings):
 
     scenario: str = setting(help="Where to draw the gains: a built-in name or a TOML file.")
     batch: int = setting(256, "Fresh draws per step.", low=1, high=MAX_BATCH)
-    lr: float = setting(1e-3, "Learning rate of the policy (AdamW).", above=0.0)
-    critic_lr: float = setting(2e-3, "Learning rate of the critics.", above=0.0,
+    lr: float = setting(1e-3, "Learning rate of the policy (AdamW).", above=0.0, high=MAX_LR)
+    critic_lr: float = setting(2e-3, "Learning rate of the critics.", above=0.0, high=MAX_LR,
                                flag="critic_lr")  # fmt: skip
     exploration: float = setting(0.05, "Std of the noise added to the fraction the critics "
                                  "see.", low=0.0, flag="exploration")  # fmt: skip

@@ -8,6 +8,7 @@ alone validates, logs and writes. Ctrl-C saves a resumable checkpoint before exi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -75,6 +76,9 @@ def _load_data(paths: list[str]) -> Data:
     gains = np.concatenate([d.gains for d in sets])
     if not (gains > 0).any():
         raise UserError(f"{', '.join(paths)}: every gain is zero, so there is nothing to learn")
+    if not metrics.optimum_rate(gains, sets[0].total_power, sets[0].noise) > 0:
+        raise UserError(f"{', '.join(paths)}: the optimum's sum rate is 0 on every row (gains "
+                        "too small for this P and sigma^2): there is nothing to learn")  # fmt: skip
     x0 = np.concatenate([d.power / d.total_power for d in sets])
     prov = {
         "total_power": sets[0].total_power,
@@ -96,7 +100,8 @@ def _load_data(paths: list[str]) -> Data:
 
 # The settings that make a run what it is: --resume refuses to continue with others.
 RUN_DEFINING = ("arch", "steps", "batch", "lr", "weight_decay", "seed", "hidden",
-                "denoise_steps", "schedule", "pred", "rate_weight", "val_samples")  # fmt: skip
+                "denoise_steps", "schedule", "pred", "rate_weight", "val_samples",
+                "nproc")  # fmt: skip
 
 
 def _check_resume(cfg: TrainConfig, out: Path, run_data: Data) -> tuple[int, dict]:
@@ -106,10 +111,13 @@ def _check_resume(cfg: TrainConfig, out: Path, run_data: Data) -> tuple[int, dic
         raise UserError(f"--resume: {cfg.out} holds no interrupted run to continue")
     saved = checkpoint.read_config(out)
     info, state = checkpoint.read_resume(out)
-    before = saved.get("train") if isinstance(saved.get("train"), dict) else {}
+    before = saved.get("train")
+    if not isinstance(before, dict) or not all(k in before for k in RUN_DEFINING):
+        raise UserError(f"{out / checkpoint.CONFIG}: damaged (no record of the run's settings); "
+                        "start over with --force")  # fmt: skip
     now = asdict(cfg)
     for key in RUN_DEFINING:
-        if key in before and before[key] != now[key]:
+        if before[key] != now[key]:
             raise UserError(
                 f"--resume continues the run in {cfg.out}, which had {key} = {before[key]!r}, "
                 f"not {now[key]!r}; drop the option, or start a new run with --force"
@@ -201,7 +209,9 @@ def run(mode: str = "expert", progress: Progress | None = None, **options: Any) 
     if mode not in routes:
         raise UserError(f"--mode must be {' or '.join(routes)}, got {mode!r}")
     cls, route = routes[mode]
-    given = {k: v for k, v in options.items() if v not in (None, False, [], ())}
+    # Not given: None, an unset flag, an empty list (0 and 0.0 are values, not "not given").
+    given = {k: v for k, v in options.items()
+             if not (v is None or v is False or (isinstance(v, list | tuple) and not v))}
     for key in given:
         if key not in {f.name for f in fields(cls)}:
             other = [m for m, (c, _) in routes.items() if key in {f.name for f in fields(c)}]
@@ -265,22 +275,26 @@ def _spawn(
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
 
-    with signals.StopRequest(hard=False, forward=forward):
+    with signals.StopRequest(hard=False, forward=forward) as stop:
+        # The workers read the (already checked) datasets themselves: a large argument would
+        # be pickled into a pipe that a worker killed during start-up never reads.
         context = mp.start_processes(
-            _worker, args=(cfg, out, run_data, _free_port(), queue, steps), nprocs=cfg.nproc,
+            _worker, args=(cfg, out, _free_port(), queue, steps), nprocs=cfg.nproc,
             join=False, start_method="spawn",
         )  # fmt: skip
         workers += context.processes
+        if stop.signum is not None:  # arrived while they were starting
+            forward(stop.signum)
         try:
             while not context.join(timeout=0.2):
                 relay()
             relay()
-        except mp.ProcessException:
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
             reports = _drain(queue)
             errors = [r["error"] for r in reports.values() if "error" in r]
-            if errors:
-                raise UserError(errors[0]) from None
-            raise
+            first = (str(exc).strip().splitlines() or ["no message"])[-1]
+            raise UserError(errors[0] if errors else
+                            f"a data-parallel worker failed ({first})") from None  # fmt: skip
     reports = _drain(queue)
     result = dict(reports[0])
     for rank, rep in reports.items():
@@ -296,10 +310,22 @@ def _drain(queue: Any) -> dict[int, dict[str, Any]]:
     return reports
 
 
-def _worker(rank: int, cfg: TrainConfig, out: Path, run_data: Data, port: int, queue: Any,
+def _die_with_parent() -> None:
+    """Linux: end this worker when the parent dies (a SIGKILLed parent must not leave workers
+    training, or blocked on its pipes, for ever)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+
+
+def _worker(rank: int, cfg: TrainConfig, out: Path, port: int, queue: Any,
             steps: Any) -> None:  # fmt: skip
+    _die_with_parent()
     # A worker's own mistakes reach the parent as one line, not as a traceback per process.
     try:
+        run_data = _load_data(cfg.data)
         resume = _check_resume(cfg, out, run_data) if cfg.resume else None
         progress = (lambda step, m: steps.put((step, m))) if rank == 0 else None
         queue.put((rank, _run(cfg, out, run_data, resume, rank, cfg.nproc, port, progress)))
@@ -383,6 +409,19 @@ def _start_model(
     return model, init
 
 
+def _previous_metrics(out: Path) -> list[str]:
+    """The metrics.jsonl lines of the interrupted run being resumed."""
+    path = out / checkpoint.METRICS
+    if not path.is_file():
+        return []
+    try:
+        if path.stat().st_size > checkpoint.MAX_CONFIG_BYTES * 4:
+            raise ValueError("too large")
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: damaged ({exc}); start over with --force") from None
+
+
 class _Steps:
     """The optimisation itself: the training rows as tensors on the device, the optimizer, the
     random stream of batches and noise, and one step of the loss."""
@@ -450,15 +489,14 @@ def _loop(
     if resume is not None:
         start_step = resume[0]
         steps.restore(resume[1], out, rank, start_step)
+    previous_lines = _previous_metrics(out) if resume is not None else []
     # Rank 0 builds the new checkpoint directory beside `out` from the start (TensorBoard logs
     # go there) and swaps it in when it saves; until then `out` is untouched.
     staging = outputs.new_staging_dir(out) if rank == 0 else None
     saver = _Saver(model, cfg, run_data.prov, init, steps.opt, steps.gen, out, staging)
     log = _Log(cfg, model, run_data.gains[val_idx], progress if rank == 0 else None, rank == 0)
     log.last["step"] = completed = start_step
-    # The run's metrics.jsonl: an interrupted run's lines carry on, a new run starts afresh.
-    if resume is not None and (out / checkpoint.METRICS).is_file():
-        saver.lines = (out / checkpoint.METRICS).read_text(encoding="utf-8").splitlines()
+    saver.lines = previous_lines  # an interrupted run's lines carry on
     try:
         if rank == 0:
             log.start(saver, out if resume is not None else None, start_step)
@@ -584,6 +622,7 @@ class _Saver:
         self.model, self.cfg, self.prov, self.init = model, cfg, prov, init
         self.opt, self.gen, self.out, self.staging = opt, gen, out, staging
         self.lines: list[str] = []
+        self.saved = False  # this run wrote `out` already (so it may replace it)
 
     def discard(self) -> None:
         if self.staging is not None:
@@ -611,8 +650,10 @@ class _Saver:
         module.eval()
         try:
             save_model(self.model, self.out, extra, resume=resume, resume_info=resume_info,
-                       metrics=self.lines, staging=self.staging)  # fmt: skip
-        except checkpoint.CheckpointWriteError as exc:
+                       metrics=self.lines, staging=self.staging, force=cfg.force,
+                       replaces=cfg.resume or self.saved)  # fmt: skip
+            self.saved = True
+        except UserError as exc:  # a full disk, or --out taken meanwhile: keep the weights
             raise UserError(f"{exc}; {_rescue(self.model, extra, resume, resume_info)}") from None
         finally:
             self.staging = None
