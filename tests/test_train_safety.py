@@ -490,3 +490,83 @@ def test_huge_cycle_sizes_are_refused(tmp_path):
         with pytest.raises(UserError, match=message):
             run_cycle(CycleConfig(**change), tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- found by an adversarial review ----------------------------------------------------------
+
+
+def test_two_runs_to_one_new_out_the_later_refuses_and_keeps_its_weights(dataset, tmp_path):
+    out = tmp_path / "m"
+    first = cfg(dataset, out, seed=1)
+    second = cfg(dataset, out, seed=2)
+    checkpoint.claim(out, force=False)  # both runs start while `out` is new ...
+    train(first)  # ... the first one finishes first
+    before = snapshot(out)
+    with pytest.raises(UserError, match="pass --force") as info:
+        _train_after_claim(second)
+    assert "saved to" in str(info.value) and snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def _train_after_claim(config: TrainConfig) -> None:
+    """Train as if `out` had been claimed while still new (the race): skip the early check."""
+    import aigxctl.train as train_mod
+
+    real = checkpoint.claim
+    calls = []
+
+    def first_call_passes(out, *, force, resume=False):
+        calls.append(out)
+        return Path(os.path.realpath(out)) if len(calls) == 1 else real(out, force=force,
+                                                                        resume=resume)  # fmt: skip
+
+    train_mod.checkpoint.claim = first_call_passes
+    try:
+        train(config)
+    finally:
+        train_mod.checkpoint.claim = real
+
+
+def test_zero_is_a_value_not_a_default(run, dataset, tmp_path):
+    res = run("train", "--data", dataset, "--out", tmp_path / "m", "--lr", "0")
+    assert res.exit_code == 2 and "--lr must be a finite number > 0" in res.stderr
+    res = run("train", "--data", dataset, "--out", tmp_path / "m", "--steps", "3",
+              "--hidden", "8", "--rate-weight", "0")  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert doc["train"]["rate_weight"] == 0.0
+
+
+def test_a_device_as_dataset_is_refused_without_reading_it(run, tmp_path):
+    res = run("evaluate", "--model", checkpoint.default_model_path(), "--data", "/dev/zero")
+    assert res.exit_code == 2 and "not a regular file" in res.stderr
+
+
+def test_a_replaced_checkpoint_keeps_its_permissions(dataset, tmp_path):
+    out = tmp_path / "priv"
+    train(cfg(dataset, out))
+    out.chmod(0o700)
+    for f in out.iterdir():
+        f.chmod(0o600)
+    train(cfg(dataset, out, seed=5, force=True))
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o600}
+
+
+def test_cycle_force_cleans_a_killed_runs_staging_and_refuses_before_changing_anything(
+    tmp_path,
+):
+    tiny = CycleConfig(samples=200, t1_steps=4, t3_steps=2, eval_samples=50, hidden=8,
+                       val_every=2, sac=False, mlp=False)  # fmt: skip
+    out = tmp_path / "run"
+    run_cycle(tiny, out)
+    stale = out / "models" / f".t1_gdm.{2**22 + 7}.0123abcd.tmp"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    run_cycle(tiny, out, force=True)
+    assert not stale.exists()
+    (out / "models" / "t1_gdm" / "notes.txt").write_text("mine")
+    before = (out / "data" / "t1.npz").read_bytes()
+    with pytest.raises(UserError, match=r"notes\.txt"):
+        run_cycle(tiny, out, force=True)
+    assert (out / "data" / "t1.npz").read_bytes() == before

@@ -204,6 +204,8 @@ def allocate(
                             noise=noise, device=device, **gdm)  # fmt: skip
     text = allocation.to_csv(result) if fmt is OutputFormat.csv else allocation.to_json(result)
     if out is None:
+        if sys.stdout is None:  # started with stdout closed (>&-)
+            raise UserError("<stdout>: closed; give --out FILE")
         try:
             sys.stdout.write(text)
             sys.stdout.flush()

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from aigxctl import core, data, metrics, outputs, plot, scenarios, settings
+from aigxctl import checkpoint, core, data, files, metrics, outputs, plot, scenarios, settings
 from aigxctl.checkpoint import load_model
 from aigxctl.errors import UserError
 from aigxctl.evaluate import evaluate
@@ -196,6 +196,7 @@ def run_cycle(
         scenarios.check_draw_size(getattr(cfg, key), t1.m, key)
     if resume and force:
         raise UserError("--resume continues the run that --force would replace")
+    _check_previous_run(Path(out), force or resume)
     path = outputs.claim_dir(out, LAYOUT, force=force, resume=resume, what="cycle run")
     run = CycleRun(cfg, path, display, dev)
     finished = run.restore(t1, t2) if resume else set()
@@ -207,6 +208,21 @@ def run_cycle(
         phase()
         run.save_state(name)
     return run.write_report()
+
+
+def _check_previous_run(out: Path, replacing: bool) -> None:
+    """Before a previous run's pieces are replaced one by one: clean what killed runs left
+    (staging directories, temporary files of dead pids), and refuse at once, with nothing
+    changed, if any of its model directories holds a file aigxctl did not write."""
+    if not (replacing and out.is_dir()):
+        return
+    for name in (p.rstrip("/") for p in LAYOUT["models"] or ()):
+        model = out / "models" / name
+        outputs.clean_stale(model, checkpoint.LAYOUT)
+        if model.is_dir():
+            checkpoint.claim(model, force=True)
+    for name in LAYOUT["data"] or ():
+        files.remove_stale_temps(out / "data" / name)
 
 
 class CycleRun:
@@ -232,7 +248,10 @@ class CycleRun:
         self.stages = _stages(cfg)
         self.stage = 0
         for sub in ("data", "models"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                (out / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"{out / sub}: cannot write there ({exc.strerror})") from None
 
     # ---- the phases ---------------------------------------------------------------------------
 

@@ -274,6 +274,22 @@ def _write_csv(
             on_chunk(gains, power, rate)
 
 
+def _check_room(out: Path, size: int) -> None:
+    """Refuse at once a dataset that cannot fit on its disk (a typo in --samples would fill it
+    first), unless the output is a device or FIFO, which keeps nothing."""
+    if out.exists() and not out.is_file():
+        return
+    try:
+        free = shutil.disk_usage(out.parent if str(out.parent) else ".").free
+    except OSError:
+        return  # the write itself will say what is wrong
+    if size > free and size > 1 << 30:  # small ones meet the full disk as any write would
+        raise UserError(
+            f"{out}: needs about {size / 2**30:,.1f} GiB and its disk has {free / 2**30:,.1f} "
+            "GiB free; ask for fewer --samples"
+        )
+
+
 def collect_to_file(
     scenario: Scenario,
     samples: int,
@@ -309,6 +325,7 @@ def collect_to_file(
         raise TargetExists(f"{out} exists; pass --force to overwrite it")
     if csv is None:
         csv = out.suffix.lower() == ".csv"
+    _check_room(out, samples * (2 * scenario.m + 1) * (25 if csv else 8))
     meta = _meta(scenario, samples, seed)
     sums = {"expert": 0.0, "equal": 0.0, "done": 0}
 
@@ -423,6 +440,8 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
         raise UserError(f"{name}: no such dataset file")
     if path.is_dir():
         raise UserError(f"{name}: is a directory, expected a dataset .npz file")
+    if not path.is_file():  # a device or FIFO (/dev/zero): reading it would never end
+        raise UserError(f"{name}: not a regular file, expected a dataset .npz file")
     if not zipfile.is_zipfile(path):
         raise UserError(
             f"{name}: not an .npz dataset (not a zip archive, or a truncated one); "

@@ -348,7 +348,7 @@ def _open_file_alias(path: Path) -> tuple[bool, int | None]:
 
 
 def _copy_to_fd(src: BinaryIO, fd: int) -> None:
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout closed: None
         sys.stdout.flush()  # what Python buffered for fd 1 comes first
     with open(os.dup(fd), "wb") as dst:
         while chunk := src.read(1 << 20):
@@ -375,7 +375,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temps(real: Path) -> None:
+def remove_stale_temps(real: Path) -> None:
     """Remove the temporary files an earlier, killed run left for this same target: only names
     of exactly the form ``_make_temp`` gives, whose process is gone."""
     pattern = temp_name_pattern(real.name)
@@ -472,7 +472,7 @@ def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
 def _spooled_to_fd(shown: Path, fd: int) -> Iterator[Path]:
     """A private temporary file, copied to this process's open file ``fd`` once written."""
     spool = Path(tempfile.gettempdir()) / "aigxctl-spool"
-    _remove_stale_temps(spool)
+    remove_stale_temps(spool)
     try:
         tmp = _make_temp(spool, 0o600)
     except OSError as exc:
@@ -511,7 +511,7 @@ def _renamed_into_place(shown: Path, st: os.stat_result | None, replace: bool) -
     real = Path(os.path.realpath(shown))
     if not real.parent.is_dir():
         raise UserError(f"{shown}: links to {real}, in a folder that does not exist")
-    _remove_stale_temps(real)
+    remove_stale_temps(real)
     try:
         # Private while being written when it replaces a file (which may be a secret 0600 one);
         # a new file gets what a plain open() gives: 0666 less the umask.

@@ -92,7 +92,7 @@ def remove_own(path: Path, layout: Layout) -> bool:
     return True
 
 
-def _clean_stale(path: Path, layout: Layout) -> None:
+def clean_stale(path: Path, layout: Layout) -> None:
     """Remove the staging directories of ``path`` whose writer is gone (killed, say)."""
     pattern = files.temp_name_pattern(path.name, "tmp|old")
     with contextlib.suppress(OSError):
@@ -135,7 +135,7 @@ def claim_dir(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"{path.parent}: cannot create the folder ({exc.strerror})") from None
-    _clean_stale(path, layout)
+    clean_stale(path, layout)
     if not path.exists() or not any(path.iterdir()):
         return path
     foreign = _is_ours(path, layout, marker)

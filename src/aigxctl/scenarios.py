@@ -895,6 +895,11 @@ def estimate(scenario: Scenario, samples: int = 20000, seed: int = 0) -> dict[st
     g = draw(scenario, samples, seed)
     p, s2 = scenario.total_power, scenario.noise
     opt, equal = metrics.optimum_rate(g, p, s2), metrics.equal_rate(g, p, s2)
+    if not equal > 0:
+        raise UserError(
+            f"{scenario.name}: the gains are too small for a nonzero sum rate at P = {p:g}, "
+            f"sigma^2 = {s2:g} (mean gain {g.mean():.3g}): nothing to compare"
+        )
     return {
         "mean_gain": float(g.mean()),
         "optimum_rate": opt,
