@@ -357,7 +357,8 @@ def collect(
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same file contents.")] = 0,
     total_power: Annotated[
         float | None,
-        typer.Option("--total-power", "-P", help="Override the scenario's P.", show_default=False),
+        typer.Option("--total-power", "-P", show_default=False,
+                     help="Override the scenario's P \\[default: the scenario's]."),
     ] = None,
     fmt: Annotated[
         DataFormat | None,
@@ -523,7 +524,9 @@ def evaluate(
         typer.Option("--data", "-d", help="Evaluate on this dataset's gains (.npz or CSV)."),
     ] = None,
     scenario: Annotated[
-        str | None, typer.Option("--scenario", "-s", help="...or on fresh draws of a scenario.")
+        str | None,
+        typer.Option("--scenario", "-s", help="...or on fresh draws of a scenario (a built-in "
+                     "name or a TOML file).", autocompletion=_scenario_names),
     ] = None,
     samples: Annotated[int, typer.Option("--samples", "-n", help="Draws with --scenario.")] = 10000,
     seed: Annotated[int, typer.Option("--seed", help="Draws and sampling noise.")] = 12345,
@@ -532,8 +535,16 @@ def evaluate(
         typer.Option("--baselines", help="Comma-separated: equal, random, mlp:DIR, gdm:DIR."),
     ] = "equal,random",
     backend: Annotated[Backend, typer.Option("--backend", help="gdm sampler.")] = Backend.auto,
-    mode: Annotated[SampleMode | None, typer.Option("--mode", show_default=False)] = None,
-    best_of: Annotated[int | None, typer.Option("--best-of", show_default=False)] = None,
+    mode: Annotated[
+        SampleMode | None,
+        typer.Option("--mode", help="gdm sampling \\[default: the model's, ddim].",
+                     show_default=False),
+    ] = None,
+    best_of: Annotated[
+        int | None,
+        typer.Option("--best-of", help="gdm: keep the best of K samples per row \\[default: "
+                     "the model's, 1].", show_default=False),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")
     ] = False,
