@@ -4,31 +4,22 @@ allocations, and the report has every figure it promises (FMA peak, spread, frac
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
 
+import models
 import numpy as np
 import pytest
 import torch
 from rich.console import Console
 
 from aigxctl import bench, core
-from aigxctl.diffusion import Schedule
 from aigxctl.errors import UserError
-from aigxctl.model import GDM, Denoiser
 
-
-def make_gdm(m=20, hidden=64, steps=6, pred="eps", seed=0) -> GDM:
-    torch.manual_seed(seed)
-    den = Denoiser(m, hidden)
-    with torch.no_grad():  # larger weights than the default init, so every layer matters
-        for p in den.parameters():
-            p.mul_(2.0)
-    rng = np.random.default_rng(seed)
-    return GDM(denoiser=den.eval(), schedule=Schedule.create("vp", steps), pred=pred,
-               cond_mean=rng.uniform(2, 5, m), cond_std=rng.uniform(0.5, 2, m),
-               total_power=0.2, noise=1.0)  # fmt: skip
+# These tests run the eps-predicting model unless they say otherwise.
+make_gdm = functools.partial(models.make_gdm, pred="eps")
 
 
 def gains(b, m=20, seed=3):

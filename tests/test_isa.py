@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from models import make_gdm
 
 from aigxctl import _core, core
-from aigxctl.diffusion import Schedule, sample_reference, to_allocation
+from aigxctl.diffusion import sample_reference, to_allocation
 from aigxctl.errors import UserError
 from aigxctl.fused import FusedSampler
-from aigxctl.model import GDM, Denoiser
 
 LEVELS = core.isa_available()
 
@@ -26,16 +26,6 @@ def restore_isa():
     core.set_isa(before)
 
 
-def make_gdm(m, hidden, steps, pred, seed=0) -> GDM:
-    torch.manual_seed(seed)
-    den = Denoiser(m, hidden)
-    with torch.no_grad():  # larger weights than the default init, so every layer matters
-        for p in den.parameters():
-            p.mul_(2.0)
-    rng = np.random.default_rng(seed)
-    return GDM(denoiser=den.eval(), schedule=Schedule.create("vp", steps), pred=pred,
-               cond_mean=rng.uniform(2, 5, m), cond_std=rng.uniform(0.5, 2, m),
-               total_power=0.2, noise=1.0)  # fmt: skip
 
 
 def test_levels_and_build_info():

@@ -10,28 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import make_gdm
 
 from aigxctl import core
 from aigxctl.checkpoint import load_model, save_model
-from aigxctl.diffusion import Schedule, loss, rate_regret, sample_reference, to_allocation
+from aigxctl.diffusion import loss, rate_regret, sample_reference, to_allocation
 from aigxctl.errors import UserError
 from aigxctl.fused import FusedSampler
-from aigxctl.model import GDM, Denoiser, MLPAllocator, Regressor
+from aigxctl.model import GDM, MLPAllocator, Regressor
 
 CUDA = torch.cuda.is_available() and core.build_info()["cuda_built"]
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and a core built with CUDA")
 
 
-def make_gdm(m=20, hidden=64, steps=6, pred="x0", schedule="vp", seed=0) -> GDM:
-    torch.manual_seed(seed)
-    den = Denoiser(m, hidden)
-    with torch.no_grad():  # larger weights than the default init, so every layer matters
-        for p in den.parameters():
-            p.mul_(2.0)
-    rng = np.random.default_rng(seed)
-    return GDM(denoiser=den.eval(), schedule=Schedule.create(schedule, steps), pred=pred,
-               cond_mean=rng.uniform(2, 5, m), cond_std=rng.uniform(0.5, 2, m),
-               total_power=0.2, noise=1.0)  # fmt: skip
 
 
 def reference_allocation(model: GDM, gains: np.ndarray, noise: torch.Tensor, mode: str):
