@@ -9,6 +9,7 @@ alone validates, logs and writes. Ctrl-C saves a resumable checkpoint before exi
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -355,6 +356,10 @@ def _run(
             return {**result, "device": str(device)}
     finally:
         if distributed:
+            # The DDP wrapper sits in reference cycles that hold the gloo process group; left
+            # to interpreter shutdown, its threads are torn down unjoined and the worker
+            # aborts ("terminate called without an active exception").
+            gc.collect()
             dist.destroy_process_group()
 
 
