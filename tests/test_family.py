@@ -105,7 +105,7 @@ def test_plain_scenarios_draw_what_they_always_drew():
 
 def test_weather_is_the_example_file_and_covers_its_parts():
     w = scenarios.get("weather")
-    assert w == scenarios.get(EXAMPLES / "weather.toml")
+    assert w == scenarios.get(EXAMPLES / "weather-family.toml")
     assert (w.m, w.total_power, w.noise) == (20, 0.2, 1.0)
     assert "weather" not in scenarios.builtin() and "weather" in scenarios.families()
     names = [c.scenario.name for c in w.mixture]

@@ -71,7 +71,7 @@ Scenario families: a scenario may vary from sample to sample, two ways (they com
     mean = 5.0
     attenuation_db = [0.0, 6.0]
 
-:func:`families` holds the built-in family ``weather`` (examples/weather.toml is the same, as
+:func:`families` holds the built-in family ``weather`` (examples/weather-family.toml is the same, as
 a file): T1, T2 and each channel model around them, with ranges (see :func:`families`).
 
 Reproducible draws: :func:`draw_chunks` splits the N rows into blocks of ``CHUNK_ROWS`` and gives
@@ -656,7 +656,7 @@ def builtin() -> dict[str, Scenario]:
 
 
 def families() -> dict[str, Scenario]:
-    """The built-in family ``weather`` (examples/weather.toml is the same family as a file):
+    """The built-in family ``weather`` (examples/weather-family.toml is the same family as a file):
     M = 20, P = 0.2, sigma^2 = 1, eight equally likely parts, T1 and T2 as they are and six
     around them with per-sample ranges: uniform groups between T1 and T2, Rayleigh, Rician,
     Nakagami-m, log-normal shadowing on uniform groups, and rain (Rician under rain fade beside
