@@ -80,3 +80,14 @@ def dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "t1.npz"
     data.collect_to_file(scenarios.get("t1"), 600, 0, path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_tmpdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Temporary files the code under test makes (rescued weights, libraries' scratch) land
+    in pytest's own temporary tree, for this process and the CLI subprocesses it starts."""
+    import tempfile
+
+    scratch = tmp_path_factory.mktemp("tmpdir")
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))

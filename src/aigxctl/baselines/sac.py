@@ -197,7 +197,7 @@ class SACBaseline:
             verbose=0,
         )
         try:
-            return SAC(**{**kwargs, **c.extra})
+            return _quiet(SAC(**{**kwargs, **c.extra}))
         except TypeError as exc:  # a misspelt setting in ``extra``
             raise UserError(f"sac.extra: {exc}") from None
 
@@ -355,7 +355,7 @@ class SACBaseline:
             )
         self.vec_env = self._make_vec_env(scenario)
         try:
-            self.model = SAC.load(zip_path, env=self.vec_env, device="cpu")
+            self.model = _quiet(SAC.load(zip_path, env=self.vec_env, device="cpu"))
         except Exception as exc:  # SB3 raises many kinds for a damaged zip
             raise UserError(f"{zip_path}: cannot load the SAC agent ({exc})") from None
         self.seconds = float(meta.get("seconds", 0.0))
@@ -433,3 +433,12 @@ def _callback(progress: Progress | None, every: int, start: int = 0) -> Any:
             return self.rate / self.opt if self.count >= every // 2 else self.last
 
     return Track()
+
+
+def _quiet(model: Any) -> Any:
+    """``model`` with a logger that records values but writes nowhere: SB3's default logger
+    makes an empty ``SB3-<date>`` directory in the system's temporary folder on every learn()."""
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
