@@ -70,6 +70,17 @@ class CycleConfig:
     seed: int = setting(0, "Seed of every draw and training run.", low=0)
     hidden: int = setting(256, "Hidden width of the GDM and the MLP.", low=2, high=MAX_HIDDEN)
     val_every: int = setting(250, "Validate every N training steps.", low=1, high=MAX_STEPS)
+    robust: str = setting("", "A scenario family (a built-in name such as weather, or a TOML "
+                          "file) to train one model for all weather on in T1; evaluated in "
+                          "every phase beside the others and never retrained: the drop that "
+                          "does not happen ('' for none).")  # fmt: skip
+    robust_model: str = setting("", "An already trained model for all weather to show in "
+                                "every phase instead (a model directory; not trained by the "
+                                "cycle).")  # fmt: skip
+    robust_samples: int = setting(200_000, "Expert-labelled samples of the robust family.",
+                                  low=1)  # fmt: skip
+    robust_steps: int = setting(12_000, "Training steps of the robust model.", low=1,
+                                high=MAX_STEPS)  # fmt: skip
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -85,6 +96,8 @@ class CycleConfig:
             val_every=50,
             retrain="finetune",
             sac_steps=2000,
+            robust_samples=8000,
+            robust_steps=600,
         )
 
     def check(self) -> None:
@@ -93,6 +106,9 @@ class CycleConfig:
             raise UserError(
                 'training = "reward" retrains by fine-tuning on T2 draws: set retrain = "finetune"'
             )
+        if self.robust and self.robust_model:
+            raise UserError("robust trains a model for all weather, robust_model names one: "
+                            "give one of them")  # fmt: skip
 
 
 def load_config(path: str | Path | None, quick: bool = False) -> CycleConfig:
@@ -136,8 +152,9 @@ def load_config(path: str | Path | None, quick: bool = False) -> CycleConfig:
         cfg.check()
     except UserError as exc:
         raise UserError(f"{path}: cycle.{exc}") from None
-    for name in (cfg.t1_scenario, cfg.t2_scenario):
-        scenarios.get(name)  # fail early on a bad scenario
+    for name in (cfg.t1_scenario, cfg.t2_scenario, cfg.robust):
+        if name:
+            scenarios.get(name)  # fail early on a bad scenario
     return cfg
 
 
@@ -158,9 +175,9 @@ def _rates(res: dict[str, Any]) -> dict[str, dict[str, float]]:
 # What a cycle writes in its run directory (outputs.Layout); each piece is written by its own
 # safe writer (dataset files, checkpoint directories), which never replaces anything else.
 LAYOUT: outputs.Layout = {
-    "data": ("t1.npz", "t2.npz"),
+    "data": ("t1.npz", "t2.npz", "robust.npz"),
     "models": ("t1_gdm/", "t1_mlp/", "t1_sac/", "t3_gdm/", "t3_gdm_combined/", "t3_mlp/",
-               "t3_sac/"),
+               "t3_sac/", "robust_gdm/"),
     "report.json": None,
     "metrics.jsonl": None,
     "cycle.png": None,
@@ -194,6 +211,7 @@ def run_cycle(
         raise UserError(f"the two scenarios have different M ({t1.m} and {t2.m})")
     for key in ("samples", "eval_samples"):  # held in memory for training and evaluation
         scenarios.check_draw_size(getattr(cfg, key), t1.m, key)
+    _check_robust(cfg, t1, dev)
     if resume and force:
         raise UserError("--resume continues the run that --force would replace")
     _check_previous_run(Path(out), force or resume)
@@ -208,6 +226,20 @@ def run_cycle(
         phase()
         run.save_state(name)
     return run.write_report()
+
+
+def _check_robust(cfg: CycleConfig, t1: scenarios.Scenario, device: str) -> None:
+    """Refuse, before anything runs, a robust family or model that cannot stand beside T1."""
+    if cfg.robust:
+        family = scenarios.get(cfg.robust)
+        if family.m != t1.m:
+            raise UserError(f"robust: {cfg.robust} has M = {family.m}, T1 has M = {t1.m}")
+        scenarios.check_draw_size(cfg.robust_samples, family.m, "robust_samples")
+    elif cfg.robust_model:
+        model = load_model(cfg.robust_model, device=device)
+        if model.m != t1.m:
+            raise UserError(f"robust_model: {cfg.robust_model} allocates M = {model.m} "
+                            f"channels, T1 has M = {t1.m}")  # fmt: skip
 
 
 def _check_previous_run(out: Path, replacing: bool) -> None:
@@ -243,6 +275,7 @@ class CycleRun:
         self.opt_rates: dict[str, float] = {}
         self.sac: Any = None
         self.sac_note: dict[str, Any] = {}
+        self.robust: Path | None = Path(cfg.robust_model) if cfg.robust_model else None
         self.skipped: list[str] = []
         self.started = time.time()
         self.stages = _stages(cfg)
@@ -263,6 +296,8 @@ class CycleRun:
         self.gdm1 = self.fit("t1_gdm", [self.d1], "gdm", "T1", cfg.t1_steps)
         self.mlp1 = self.fit("t1_mlp", [self.d1], "mlp", "T1", cfg.t1_steps) if cfg.mlp else None
         self.sac_train("T1", t1)
+        if cfg.robust:
+            self.robust = self.fit_robust(scenarios.get(cfg.robust))
         methods = self.evaluate("T1", gains, self.gdm1, self.mlp1)
         self.phases.append({"name": "T1", "eval_scenario": t1.name,
                             "train_data": [str(self.d1)], "methods": methods})  # fmt: skip
@@ -358,6 +393,8 @@ class CycleRun:
         models, cfg = self.out / "models", self.cfg
         self.d1, self.gdm1 = self.out / "data" / "t1.npz", models / "t1_gdm"
         self.mlp1 = models / "t1_mlp" if cfg.mlp else None
+        if cfg.robust:
+            self.robust = models / "robust_gdm"
         if "T1" in done and "T3" not in done and self.sac_note.get("status") == "trained":
             from aigxctl.baselines.sac import SACBaseline
 
@@ -376,11 +413,21 @@ class CycleRun:
         self.show(f"[{self.stage}/{len(self.stages)}] {phase} {what}", {"elapsed":
                   time.time() - self.started})  # fmt: skip
 
-    def collect(self, phase: str, scenario: scenarios.Scenario, name: str, seed: int) -> Path:
-        self.next_stage(phase, f"collect {self.cfg.samples:,} samples of {scenario.name}")
+    def collect(self, phase: str, scenario: scenarios.Scenario, name: str, seed: int,
+                samples: int | None = None) -> Path:  # fmt: skip
+        samples = samples or self.cfg.samples
+        self.next_stage(phase, f"collect {samples:,} samples of {scenario.name}")
         path = self.out / "data" / name
-        data.collect_to_file(scenario, self.cfg.samples, seed, path, overwrite=True)
+        data.collect_to_file(scenario, samples, seed, path, overwrite=True)
         return path
+
+    def fit_robust(self, family: scenarios.Scenario) -> Path:
+        """T1: one model for all weather, trained on the family's draws; never retrained. Its
+        curve is drawn across the T1 band, however many steps it takes."""
+        cfg = self.cfg
+        d = self.collect("T1", family, "robust.npz", cfg.seed + 3, cfg.robust_samples)
+        return self.fit("robust_gdm", [d], "gdm", "T1", cfg.robust_steps, method="robust",
+                        axis=cfg.t1_steps / cfg.robust_steps)  # fmt: skip
 
     def eval_gains(self, phase: str, scenario: scenarios.Scenario, seed: int) -> np.ndarray:
         """Fresh evaluation draws of the phase; remembers their optimum's mean sum rate."""
@@ -391,8 +438,11 @@ class CycleRun:
         return gains
 
     def fit(self, name: str, datasets: list[Path], arch: str, phase: str, steps: int,
-            init: Path | None = None) -> Path:  # fmt: skip
-        """Train one model of the phase into models/NAME, recording its learning curve."""
+            init: Path | None = None, method: str | None = None,
+            axis: float = 1.0) -> Path:  # fmt: skip
+        """Train one model of the phase into models/NAME, recording its learning curve as
+        ``method`` (default: the architecture), ``axis`` figure steps per training step."""
+        method = method or arch
         cfg = self.cfg
         path = self.out / "models" / name
         start, opt_rate = self.offset, self.opt_rates[phase.rstrip("c")]
@@ -400,12 +450,14 @@ class CycleRun:
             lr, rate_weight = TrainConfig.lr, cfg.rate_weight
         else:
             lr, rate_weight = cfg.t3_lr, cfg.t3_rate_weight
-        label = f"[{self.stage + 1}/{len(self.stages)}] {phase.rstrip('c')} train {name[3:]}"
-        self.next_stage(phase.rstrip("c"), f"train {name[3:]}")
+        what = "robust" if method == "robust" else name[3:]
+        label = f"[{self.stage + 1}/{len(self.stages)}] {phase.rstrip('c')} train {what}"
+        self.next_stage(phase.rstrip("c"), f"train {what}")
 
         def progress(step: int, m: dict[str, float]) -> None:
             if ("val_fraction" in m and step % cfg.val_every == 0) or step == steps:
-                row = {"phase": phase, "method": arch, "model": name, "step": start + step}
+                row = {"phase": phase, "method": method, "model": name,
+                       "step": start + round(step * axis)}  # fmt: skip
                 if "loss" in m:
                     row["loss"] = m["loss"]
                 if "val_fraction" in m:
@@ -417,7 +469,7 @@ class CycleRun:
         t0 = time.perf_counter()
         # The run directory was claimed (with the user's --force) as a whole: each model may
         # replace the one a previous run left under its name.
-        if arch == "gdm" and cfg.training == "reward":
+        if method == "gdm" and cfg.training == "reward":
             train_reward(RewardConfig(
                 scenario=cfg.t1_scenario if phase == "T1" else cfg.t2_scenario, out=str(path),
                 steps=steps, hidden=cfg.hidden, seed=cfg.seed, val_every=cfg.val_every,
@@ -487,6 +539,8 @@ class CycleRun:
             others[key] = load_model(path, device=dev)
         if self.sac is not None:
             others["sac"] = self.sac
+        if self.robust is not None:
+            others["robust"] = load_model(self.robust, device=dev)
         return _rates(evaluate(load_model(gdm, device=dev), gains, others=others,
                                seed=self.cfg.seed, device=dev))  # fmt: skip
 
@@ -516,7 +570,9 @@ STATE_FORMAT = "aigxctl-cycle-state"
 def _stages(cfg: CycleConfig) -> list[tuple[str, str]]:
     """The cycle's stages in order, (phase, what), for "stage k of n"."""
     t1 = [("T1", "collect"), ("T1", "train gdm")] + [("T1", "train mlp")] * cfg.mlp
-    t1 += [("T1", "train sac")] * cfg.sac + [("T1", "evaluate")]
+    t1 += [("T1", "train sac")] * cfg.sac
+    t1 += [("T1", "collect robust"), ("T1", "train robust")] * bool(cfg.robust)
+    t1 += [("T1", "evaluate")]
     t2 = [("T2", "evaluate"), ("T2", "collect")]
     gdm3 = 2 if cfg.retrain == "both" else 1
     t3 = [("T3", "train gdm")] * gdm3 + [("T3", "train mlp")] * cfg.mlp

@@ -82,7 +82,7 @@ def evaluate(
         else:
             raise UserError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     for name, other in (others or {}).items():
-        rates[name] = rate(other.allocate(gains))
+        rates[name] = rate(other.allocate(gains, seed=seed))  # reproducible, like the model
     equal = rates.get("equal") or metrics.equal_rate(gains, p, s2)
     if not (optimum > 0 and equal > 0):  # the ratios below divide by both
         raise UserError(

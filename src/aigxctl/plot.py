@@ -37,8 +37,11 @@ METHODS = {
     "gdm": ("GDM (diffusion)", "#1d4ed8"),
     "mlp": ("MLP", "#7e22ce"),
     "sac": ("SAC", "#c2410c"),
+    "robust": ("GDM for all weather", "#0f766e"),
 }
-EXTRA_COLOURS = ("#0f766e", "#a16207", "#be185d", "#4d7c0f", "#0369a1", "#57534e")
+# Methods the cycle never retrains (the model for all weather): no "won back" mark at T3.
+NOT_RETRAINED = ("robust",)
+EXTRA_COLOURS = ("#a16207", "#be185d", "#4d7c0f", "#0369a1", "#57534e")
 # Report entries that are reference levels, not learned methods (no panel of their own).
 REFERENCES = ("optimum", "equal", "random")
 COMBINED = "_combined"  # report key suffix of the model retrained on T1 + T2 data (phase T3c)
@@ -74,7 +77,8 @@ def cycle_figure(
         label, colour = _look(name, names)
         ax.set_ylabel(f"{label}\n% of optimum", color=colour, fontweight="bold")
         runs = cycle.runs.get(name, [])
-        _draw_method(ax, colour, runs, cycle.levels[name], cycle.spans, cycle.lo, cycle.hi)
+        _draw_method(ax, colour, runs, cycle.levels[name], cycle.spans, cycle.lo, cycle.hi,
+                     retrained=name not in NOT_RETRAINED)  # fmt: skip
     if not names:
         _draw_no_method(axes[0])
     _draw_frame(fig, axes, cycle)
@@ -380,8 +384,10 @@ def _draw_method(
     spans: dict[str, tuple[float, float]],
     lo: float,
     hi: float,
+    retrained: bool = True,
 ) -> None:
-    """One panel: the method's learning curves, its T2 drop, its final evaluations."""
+    """One panel: the method's learning curves, its T2 drop, its final evaluations (and, for a
+    method the cycle retrains, what retraining won back)."""
     for run in runs:
         _draw_curve(ax, colour, run, lo)
     if "T2" in levels and "T2" in spans:
@@ -396,7 +402,7 @@ def _draw_method(
     ends = [(k, levels[k]) for k in ("T3", "T3c") if k in levels and "T3" in spans]
     if ends:
         _draw_retrained(ax, colour, ends, spans["T3"], 0.08 * (hi - lo))
-        if "T2" in levels:
+        if "T2" in levels and retrained:
             _draw_won_back(ax, max(y for _, y in ends), levels["T2"], spans["T3"])
     if not runs and levels:
         ax.text(
