@@ -154,6 +154,7 @@ BAD_FILES = {
     "negative": ("g1,g2\n1,2\n-3,4\n", ["row 3, column 1", "-3"]),
     "tiny negative": ("1,2\n3,-1e-300\n", ["row 2, column 2"]),
     "text": ("1,2,3\n4,abc,6\n", ["row 2, column 2", "abc"]),
+    "digit grouping": ("1,2,3\n4,1_000,6\n", ["row 2, column 2", "'1_000' is not a number"]),
     "empty field": ("1,2,3\n4,,6\n", ["row 2, column 2"]),
     "text in first row": ("1,x,3\n4,5,6\n", ["row 1, column 2", "'x'"]),
     "row count after blank": ("1,2\n\n3,nan\n", ["row 3, column 2"]),

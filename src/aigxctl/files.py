@@ -54,9 +54,17 @@ MAX_VALUES = 1 << 28
 _BLOCK_VALUES = 1 << 16  # numbers parsed into one float64 block before the next is started
 
 
+def _number(field: str) -> float:
+    """A CSV field as a number. Python's float() also takes digit grouping ("1_000"), which no
+    CSV writer produces and which is more likely a damaged field: refused like any other."""
+    if "_" in field:
+        raise ValueError(field)
+    return float(field)
+
+
 def _is_number(field: str) -> bool:
     try:
-        float(field)
+        _number(field)
     except ValueError:
         return False
     return True
@@ -149,7 +157,7 @@ def _row_numbers(fields: list[str], name: str, line_no: int) -> list[float]:
     values = []
     for col, field in enumerate(fields, start=1):
         try:
-            values.append(float(field))
+            values.append(_number(field))
         except ValueError:
             shown = repr(field) if field else "an empty field"
             raise UserError(
