@@ -197,6 +197,8 @@ def _parse_csv(
             if len(raw) == width:
                 with contextlib.suppress(ValueError):
                     values = list(map(float, raw))  # fast path: a plain row of numbers
+                if values is not None and "_" in "".join(raw):
+                    values = None  # digit grouping: the checked path below refuses it
             if values is None:
                 values = columns.row(raw, line_no)
                 if values is None:
