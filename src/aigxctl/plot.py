@@ -391,7 +391,7 @@ def _draw_method(
     for run in runs:
         _draw_curve(ax, colour, run, lo)
     if "T2" in levels and "T2" in spans:
-        _draw_drop(ax, levels, spans["T2"])
+        _draw_drop(ax, levels, spans["T2"], hi - lo)
     # The final test evaluation of each phase that trains, and what retraining won back.
     if "T1" in levels and "T1" in spans:
         x, y = spans["T1"][1], levels["T1"]
@@ -447,8 +447,12 @@ def _draw_curve(ax: Any, colour: str, run: dict, lo: float) -> None:
         )
 
 
-def _draw_drop(ax: Any, levels: dict[str, float], t2_span: tuple[float, float]) -> None:
-    """The T2 drop: the T1 model on the rainstorm's data, beside what it got in T1."""
+def _draw_drop(
+    ax: Any, levels: dict[str, float], t2_span: tuple[float, float], height: float
+) -> None:
+    """The T2 drop: the T1 model on the rainstorm's data, beside what it got in T1. A drop too
+    small for its label beside the arrow (``height``: the panel's y range) is named under the
+    bar instead, clear of the T1 label."""
     t2_lo, t2_hi = t2_span
     y2, mid = levels["T2"], (t2_lo + t2_hi) / 2
     ax.hlines(y2, t2_lo, t2_hi, colors=DRIFT, lw=3.5, zorder=5)
@@ -465,12 +469,13 @@ def _draw_drop(ax: Any, levels: dict[str, float], t2_span: tuple[float, float]) 
         zorder=6,
         arrowprops={"arrowstyle": "-|>", "color": DRIFT, "lw": 1.5, "shrinkA": 0, "shrinkB": 2},
     )
+    small = abs(y1 - y2) < 0.15 * height
     ax.annotate(
         _pts("drift", y2 - y1),
-        (t2_lo, (y1 + y2) / 2),
-        xytext=(-4, 0),
-        ha="right",
-        va="center",
+        (mid, y2) if small else (t2_lo, (y1 + y2) / 2),
+        xytext=(0, -17) if small else (-4, 0),
+        ha="center" if small else "right",
+        va="top" if small else "center",
         color=DRIFT,
         **BOLD_LABEL,
     )
