@@ -84,7 +84,8 @@ AIGX_HD V water_level(const A* a, int m, V a_min, V total_power) {
   }
 }
 
-// Water-fills one row of `m` gains into `p` (which doubles as scratch for a_n = s2 / g_n).
+// Water-fills one row of `m` gains into `p` (which doubles as scratch for a_n = s2 / g_n; `p` may
+// be `g` itself: each p_n is written after the last read of g_n).
 // Returns the water level mu: 0 for a row with no usable channel (all powers 0), and NaN for a
 // row holding a NaN, infinite or negative gain (all powers NaN), so the caller can validate the
 // input without a second pass over it.
