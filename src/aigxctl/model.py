@@ -170,7 +170,9 @@ class GDM:
     best_of: int = 1
     _fused: Any = None
     _fused_reason: str | None = None
-    _probe: Any = None  # one parameter of the denoiser: where its weights are (weights_device)
+    # One parameter of the denoiser, telling where its weights are (weights_device); not an
+    # init field, so dataclasses.replace with another denoiser does not carry it over.
+    _probe: Any = field(default=None, init=False, repr=False, compare=False)
 
     arch = "gdm"
 
