@@ -63,7 +63,7 @@ struct Scratch {
 #endif
 
 using TileFn = int (*)(const FusedSpec&, const float*, const float*, int64_t, int, const double*,
-                        bool, const float*, uint64_t, int, float*, Scratch&);
+                       bool, const float*, uint64_t, int, float*, Scratch&);
 
 TileFn tile_function() {
 #if defined(AIGX_ISA_X86)
