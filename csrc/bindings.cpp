@@ -7,9 +7,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cfloat>
+#include <cmath>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -74,10 +77,29 @@ void check_mode(int mode) {
   if (mode != aigx::kAncestral && mode != aigx::kDdim) throw std::invalid_argument("mode");
 }
 
-CArray<float> fused_sample(CArray<float> pack, int m, int hidden, int steps, int pred,
-                           CArray<float> gains, CArray<double> total_power,
-                           std::optional<CArray<float>> noise, uint64_t seed, int mode) {
-  require_2d(gains, "gains");
+// Gains as the sampler's float32 rows. float32 gains are used as they are (the core validates
+// them row by row); float64 gains are converted here in one pass, and a value that is not in
+// [0, FLT_MAX] as a double (a negative too small to survive the rounding included) becomes
+// NaN, so the core flags its row and the caller names the original value.
+CArray<float> float_gains(const CArray<float>& gains) { return gains; }
+
+CArray<float> float_gains(const CArray<double>& gains) {
+  CArray<float> out({gains.shape(0), gains.shape(1)});
+  const double* g = gains.data();
+  float* f = out.mutable_data();
+  for (py::ssize_t i = 0; i < gains.size(); ++i)
+    f[i] = g[i] >= 0.0 && g[i] <= FLT_MAX ? static_cast<float>(g[i]) : NAN;
+  return out;
+}
+
+template <typename G>
+std::pair<CArray<float>, int64_t> fused_sample(CArray<float> pack, int m, int hidden, int steps,
+                                               int pred, CArray<G> gains_in,
+                                               CArray<double> total_power,
+                                               std::optional<CArray<float>> noise, uint64_t seed,
+                                               int mode) {
+  require_2d(gains_in, "gains");
+  const CArray<float> gains = float_gains(gains_in);
   check_mode(mode);
   const int64_t rows = gains.shape(0);
   const auto spec = make_spec(m, hidden, steps, pred, rows);
@@ -95,12 +117,13 @@ CArray<float> fused_sample(CArray<float> pack, int m, int hidden, int steps, int
     z = noise->data();
   }
   CArray<float> power({rows, static_cast<int64_t>(m)});
+  int64_t invalid = 0;
   {
     py::gil_scoped_release release;
-    aigx::fused_sample_cpu(spec, pack.data(), gains.data(), total_power.data(), per_row, z, seed,
-                           mode, power.mutable_data());
+    invalid = aigx::fused_sample_cpu(spec, pack.data(), gains.data(), total_power.data(),
+                                     per_row, z, seed, mode, power.mutable_data());
   }
-  return power;
+  return {power, invalid};
 }
 
 void check_dtype(int dtype) {
@@ -204,10 +227,16 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("m"), py::arg("hidden"), py::arg("steps"),
       "Offsets (in floats) of each tensor in a packed fused-sampler buffer, and its total size.");
-  m.def("fused_sample", &fused_sample, py::arg("pack"), py::arg("m"), py::arg("hidden"),
+  // float64 first: what the model API passes (an overload that does not match costs ~0.5 us).
+  m.def("fused_sample", &fused_sample<double>, py::arg("pack"), py::arg("m"), py::arg("hidden"),
+        py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("total_power"),
+        py::arg("noise"), py::arg("seed"), py::arg("mode"));
+  m.def("fused_sample", &fused_sample<float>, py::arg("pack"), py::arg("m"), py::arg("hidden"),
         py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("total_power"),
         py::arg("noise"), py::arg("seed"), py::arg("mode"),
-        "Fused reverse diffusion on the CPU: raw gains [B, M] float32 -> allocations [B, M].");
+        "Fused reverse diffusion on the CPU: raw gains [B, M] float32 or float64 -> (allocations "
+        "[B, M] float32, "
+        "the number of rows with an invalid gain, whose allocations are NaN).");
   m.def(
       "fused_sample_cuda",
       [](int device, std::uintptr_t pack, int64_t pack_size, int m_, int hidden, int steps,

@@ -88,7 +88,7 @@ AIGX_HD void to_allocation(const float* x, T* p, int m, double total_power) {
 // True when every gain of the row is finite and >= 0.
 AIGX_HD bool gains_valid(const float* g, int m) {
   bool ok = true;
-  for (int n = 0; n < m; ++n) ok &= (g[n] >= 0.0f) & (g[n] < 3.402823466e38f);
+  for (int n = 0; n < m; ++n) ok &= (g[n] >= 0.0f) & (g[n] <= 3.402823466e38f);  // FLT_MAX
   return ok;
 }
 

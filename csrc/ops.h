@@ -42,9 +42,11 @@ struct FusedSpec {
   int64_t rows_total;
 };
 
-void fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
-                      const double* total_power, bool per_row_power, const float* noise,
-                      uint64_t seed, int mode, float* power);
+// Returns how many rows held a NaN, infinite or negative gain (their powers are NaN), so the
+// caller looks for the culprit only when there is one.
+int64_t fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
+                         const double* total_power, bool per_row_power, const float* noise,
+                         uint64_t seed, int mode, float* power);
 // Same, all pointers on GPU `device`, launched on `stream`.
 void fused_sample_cuda(int device, const FusedSpec& spec, const float* pack, const float* gains,
                        const double* total_power, bool per_row_power, const float* noise,

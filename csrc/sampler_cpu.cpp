@@ -7,6 +7,7 @@
 // in sampler_kernels.inc, compiled here once per instruction-set level (isa.h) and picked per
 // call. The network runs with subnormals flushed (fp_mode.h) on every thread that runs a tile.
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "denoise.h"
@@ -61,8 +62,8 @@ struct Scratch {
 #undef AIGX_K_LEVEL
 #endif
 
-using TileFn = void (*)(const FusedSpec&, const float*, const float*, int64_t, int, const double*,
-                        bool, const float*, uint64_t, int, float*, Scratch&);
+using TileFn = int (*)(const FusedSpec&, const float*, const float*, int64_t, int, const double*,
+                       bool, const float*, uint64_t, int, float*, Scratch&);
 
 TileFn tile_function() {
 #if defined(AIGX_ISA_X86)
@@ -77,21 +78,25 @@ TileFn tile_function() {
 
 }  // namespace
 
-void fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
-                      const double* total_power, bool per_row_power, const float* noise,
-                      uint64_t seed, int mode, float* power) {
+int64_t fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
+                         const double* total_power, bool per_row_power, const float* noise,
+                         uint64_t seed, int mode, float* power) {
   const int64_t tiles = (spec.rows_total + kTile - 1) / kTile;
   const TileFn sample_tile = tile_function();
+  std::atomic<int64_t> invalid{0};
   ThreadPool::instance().parallel_for(tiles, 1, [&](int64_t t0, int64_t t1) {
     thread_local Scratch scratch;
     scratch.ensure(spec.m, spec.hidden);
+    int64_t bad = 0;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t row0 = t * kTile;
       const int rows = static_cast<int>(std::min<int64_t>(kTile, spec.rows_total - row0));
-      sample_tile(spec, pack, gains, row0, rows, total_power, per_row_power, noise, seed, mode,
-                  power, scratch);
+      bad += sample_tile(spec, pack, gains, row0, rows, total_power, per_row_power, noise, seed,
+                         mode, power, scratch);
     }
+    if (bad != 0) invalid.fetch_add(bad, std::memory_order_relaxed);
   });
+  return invalid.load();
 }
 
 }  // namespace aigx

@@ -36,7 +36,7 @@ template <>
 struct Lanes<double> {
   using Count = int;
   static AIGX_HD double splat(double x) { return x; }
-  static AIGX_HD double min(double a, double b) { return a < b ? a : b; }
+  static AIGX_HD double below(double a, double b) { return a < b ? a : 0.0; }
   static AIGX_HD int less(double a, double b) { return a < b ? 1 : 0; }
   static AIGX_HD double to_value(int k) { return static_cast<double>(k); }
   static AIGX_HD bool any_differ(int a, int b) { return a != b; }
@@ -47,9 +47,11 @@ struct Lanes<double> {
 // g_n = 0) are a[0..m), and whose smallest a_n is a_min. Lanes are independent: a lane stops
 // changing once its active set is stable, so every lane gets bit for bit what it would get alone.
 //
-// Each sweep is branch-free: sum_{d < w} d = sum_n min(d_n, w) - (m - k) w with k = |{d < w}|.
-// A data-dependent branch there mispredicts about half the time and costs more than the sweep;
-// the subtraction loses at most ~m ulps of w (<= P), far below P's own resolution. Two
+// Each sweep is branch-free: sum_{d < w} d adds d_n or 0 by a select (a data-dependent branch
+// there mispredicts about half the time and costs more than the sweep). It sums the active d_n
+// alone, never as sum_n min(d_n, w) - (m - k) w, whose cancellation lost ~m ulps of m w: 1e-8 of
+// P at M = 1024 without FMA, and results that depended on whether the compiler fused the
+// multiply. No product is left to contract, so every level (isa.h) gets the same bits. Two
 // accumulators halve the add latency chain. The optimum has w <= P (all power on the best
 // channel is the highest level possible), so the first active set is {d_n < P}.
 template <typename V, typename A>
@@ -65,21 +67,20 @@ AIGX_HD V water_level(const A* a, int m, V a_min, V total_power) {
     for (; n + 1 < m; n += 2) {
       const V d0 = static_cast<V>(a[n]) - a_min;
       const V d1 = static_cast<V>(a[n + 1]) - a_min;
-      c0 += L::min(d0, w);
-      c1 += L::min(d1, w);
+      c0 += L::below(d0, w);
+      c1 += L::below(d1, w);
       k0 += L::less(d0, w);
       k1 += L::less(d1, w);
     }
     if (n < m) {
       const V d = static_cast<V>(a[n]) - a_min;
-      c0 += L::min(d, w);
+      c0 += L::below(d, w);
       k0 += L::less(d, w);
     }
     const Count k = k0 + k1;
     if (!L::any_differ(k, active)) return w;  // nothing dropped since the last level: final
-    const V kv = L::to_value(k);
-    const V sum_d = (c0 + c1) - (L::splat(static_cast<double>(m)) - kv) * w;
-    w = L::select_differ(k, active, (total_power + sum_d) / kv, w);
+    const V sum_d = c0 + c1;
+    w = L::select_differ(k, active, (total_power + sum_d) / L::to_value(k), w);
     active = k;
   }
 }

@@ -30,7 +30,7 @@ struct VecLanes {
   using Float = F;
   static constexpr int kLanes = sizeof(V) / sizeof(double);
   static V splat(double x) { return V{} + x; }
-  static V min(V a, V b) { return a < b ? a : b; }
+  static V below(V a, V b) { return a < b ? a : V{}; }
   static C less(V a, V b) { return -(a < b); }  // a lane comparison is -1 (true) or 0
   static V to_value(C k) { return __builtin_convertvector(k, V); }
   static bool all(C m) {

@@ -248,3 +248,48 @@ def test_config_with_bad_values_is_damaged(tmp_path: Path, change):
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
     with pytest.raises(UserError, match="damaged"):
         load_model(tmp_path / "m")
+
+
+# The fused path leaves the gains' validation to the core's row loop (no Python pass over them
+# at B = 1): it must still refuse every gain the torch path refuses, naming where it is, float64
+# values that round to a valid float32 (a tiny negative) or overflow it included.
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(np.nan, "finite"), (np.inf, "finite"), (-2.0, ">= 0"), (-1e-300, ">= 0"),
+     (1e39, "float32")],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", ["fused", "torch"])
+def test_allocate_refuses_invalid_gains_on_every_backend(value, reason, dtype, backend):
+    if dtype == np.float32 and value in (-1e-300, 1e39):
+        pytest.skip("not a float32 value")
+    if backend == "torch" and value == 1e39:
+        pytest.skip("finite in float64: the torch path takes it")
+    model = make_gdm()
+    gains = np.ones((40, 20), dtype=dtype)  # three tiles: the bad row is in the second
+    gains[21, 5] = value
+    gains[30, 0] = -1.0  # a later bad entry: the first one is named
+    with pytest.raises(UserError, match=reason) as info:
+        model.allocate(gains, seed=1, backend=backend)
+    assert "gains[21, 5]" in str(info.value)
+    with pytest.raises(UserError, match=r"gains\[0, 5\]"):  # one vector alone
+        model.allocate(gains[21], seed=1, backend=backend)
+
+
+def test_a_decision_alone_equals_the_same_row_in_a_batch():
+    # B = 1 runs the one-row kernel (many accumulators): the same sums in the same order as the
+    # batched row blocks, at every ISA level, so a decision does not depend on its company.
+    sampler = make_gdm(20, 256, 6, "eps", seed=2).fused_sampler()
+    gains = np.random.default_rng(6).uniform(1, 7, (37, 20))
+    z = np.random.default_rng(7).standard_normal((7, 37, 20)).astype(np.float32)
+    before = core.isa()
+    try:
+        for level in core.isa_available():
+            core.set_isa(level)
+            for mode in ("ddim", "ancestral"):
+                batch = sampler.sample(gains, 0.2, mode=mode, noise=z)
+                for r in (0, 17, 36):
+                    alone = sampler.sample(gains[r : r + 1], 0.2, mode=mode, noise=z[:, r : r + 1])
+                    np.testing.assert_array_equal(alone, batch[r : r + 1])
+    finally:
+        core.set_isa(before)

@@ -87,18 +87,20 @@ class Regressor(nn.Module):
         return self.net(cond)
 
 
-def _as_gains(gains: Any, m: int) -> tuple[np.ndarray, bool]:
-    """Gains as float32 [B, M] NumPy (validated) and whether the input was one vector."""
+def _as_gains(gains: Any, m: int, validate: bool = True) -> tuple[np.ndarray, bool]:
+    """Gains as float64 [B, M] NumPy (validated unless ``validate`` is false: the fused sampler
+    validates in its own row loop) and whether the input was one vector."""
     g = gains.detach().cpu().numpy() if core.is_torch(gains) else np.asarray(gains)
     single = g.ndim == 1
-    g = np.atleast_2d(g)
+    g = g.reshape(1, -1) if g.ndim < 2 else g  # np.atleast_2d: a micro-second more at B = 1
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(
             f"the model was trained for M = {m} channels, but the gains have "
             f"{g.shape[-1] if g.ndim else 0} columns"
         )
     g = np.asarray(g, dtype=np.float64)
-    core.check_gains(g)
+    if validate:
+        core.check_gains(g)
     return g, single
 
 
@@ -118,13 +120,12 @@ def _like(gains: Any, power: np.ndarray) -> Any:
     return torch.as_tensor(power, dtype=dtype, device=gains.device)
 
 
-def _on_gpu(gains: Any, module: nn.Module) -> torch.device | None:
+def _on_gpu(gains: Any, weights: torch.device) -> torch.device | None:
     """The GPU to allocate on, or None for the CPU path: where CUDA-tensor gains are, else the
-    model's own device when it lives on a GPU (``load_model(dir, device="cuda")``)."""
+    model's own device (``weights``) when it lives on a GPU (``load_model(dir, device="cuda")``)."""
     if core.is_torch(gains) and gains.is_cuda:
         return gains.device
-    dev = next(module.parameters()).device
-    return dev if dev.type == "cuda" else None
+    return weights if weights.type == "cuda" else None
 
 
 def _gains_on(gains: Any, m: int, dev: torch.device) -> tuple[torch.Tensor, bool]:
@@ -169,6 +170,9 @@ class GDM:
     best_of: int = 1
     _fused: Any = None
     _fused_reason: str | None = None
+    # One parameter of the denoiser, telling where its weights are (weights_device); not an
+    # init field, so dataclasses.replace with another denoiser does not carry it over.
+    _probe: Any = field(default=None, init=False, repr=False, compare=False)
 
     arch = "gdm"
 
@@ -193,7 +197,16 @@ class GDM:
     def weights_changed(self) -> None:
         """Say the denoiser's weights were changed in place (training): the fused sampler is
         packed again from them on its next use."""
-        self._fused, self._fused_reason = None, None
+        self._fused, self._fused_reason, self._probe = None, None, None
+
+    def weights_device(self) -> torch.device:
+        """Where the denoiser's weights are, as :attr:`device`, without walking the module tree
+        on every call (at B = 1 that walk costs a tenth of a decision): a parameter's device
+        follows the module's ``.to()``, which moves parameters in place (code that replaces
+        parameter objects calls :meth:`weights_changed`, as training does)."""
+        if self._probe is None:
+            self._probe = next(self.denoiser.parameters())
+        return self._probe.device
 
     def normalise(self, gains: torch.Tensor) -> torch.Tensor:
         mean = torch.as_tensor(self.cond_mean, dtype=gains.dtype, device=gains.device)
@@ -287,12 +300,12 @@ class GDM:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         budget = self.total_power if total_power is None else total_power
         seed = secrets.randbits(63) if seed is None else _check_seed(seed)
-        dev = _on_gpu(gains, self.denoiser)
+        dev = _on_gpu(gains, self.weights_device())
         if dev is not None:
             return self._allocate_on(dev, gains, budget, mode, int(k), seed, backend)
-        g, single = _as_gains(gains, self.m)
-        b = g.shape[0]
         which, _ = self.backend_for(backend)
+        g, single = _as_gains(gains, self.m, validate=which != "fused")
+        b = g.shape[0]
         pk = core.power_budget(budget, b)
         if isinstance(pk, np.ndarray) and k > 1:
             pk = np.tile(pk, k)
@@ -371,7 +384,7 @@ class MLPAllocator:
         self, gains: Any, total_power: float | np.ndarray | None = None, **_: Any
     ) -> np.ndarray:
         budget = self.total_power if total_power is None else total_power
-        dev = _on_gpu(gains, self.net)
+        dev = _on_gpu(gains, self.device)
         if dev is not None:  # tensors all the way (run where the network is)
             g, single = _gains_on(gains, self.m, dev)
             p = self._forward(g.to(self.device), core.power_rows(budget, g.shape[0]))
