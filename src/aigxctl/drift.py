@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QUALITY_MIN_AUDITS", "DistributionTest", "QualityWindow", "Reference"]
+__all__ = ["QUALITY_MIN_AUDITS", "QUALITY_Z", "DistributionTest", "QualityWindow", "Reference"]
 
 # Audited decisions a quality verdict needs: fewer are noise (one hard row can sit at 95 %).
 QUALITY_MIN_AUDITS = 20
+# Standard errors below the threshold before the audits call the quality too low.
+QUALITY_Z = 3.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ class Reference:
 
 class QualityWindow:
     """The model's fraction of the optimum over the last ``window`` audited decisions (sum of
-    the model's rates over sum of the optimum's, the measure every report uses)."""
+    the model's rates over sum of the optimum's, the measure every report uses), and whether
+    it is *significantly* below a threshold: a model at 99.2 % of the optimum has single rows
+    at 95 %, so a window of 20 audits alone would cross 99 % now and then by chance."""
 
     def __init__(self, window: int) -> None:
         self.model: deque[float] = deque(maxlen=window)
@@ -60,12 +64,15 @@ class QualityWindow:
         return sum(self.model) / total if self.model and total > 0 else None
 
     def below(self, threshold: float) -> bool:
-        """Whether the quality is known (at least QUALITY_MIN_AUDITS audits) and under
-        ``threshold``."""
+        """Whether the quality is known (at least QUALITY_MIN_AUDITS audits) and below
+        ``threshold`` by more than QUALITY_Z standard errors of the per-row fractions."""
         frac = self.fraction
-        return len(self) >= min(QUALITY_MIN_AUDITS, self.model.maxlen or 1) and (
-            frac is not None and frac < threshold
-        )
+        if frac is None or len(self) < min(QUALITY_MIN_AUDITS, self.model.maxlen or 1):
+            return False
+        got, opt = np.asarray(self.model), np.asarray(self.optimum)
+        rows = got[opt > 0] / opt[opt > 0]
+        se = float(rows.std() / np.sqrt(len(rows))) if len(rows) > 1 else 0.0
+        return frac + QUALITY_Z * se < threshold
 
     def reset(self) -> None:
         self.model.clear()

@@ -333,7 +333,7 @@ def _retrain(job: dict[str, Any], results: Any) -> None:
     threads, then score the candidate and the current model on the held-back rows."""
     import torch
 
-    from aigxctl import metrics
+    from aigxctl import data, metrics
     from aigxctl.checkpoint import load_model
     from aigxctl.settings import TrainConfig
     from aigxctl.train import _die_with_parent, train
@@ -347,8 +347,8 @@ def _retrain(job: dict[str, Any], results: Any) -> None:
                                    steps=job["steps"], lr=job["lr"], seed=job["seed"],
                                    val_every=job["steps"], force=True))  # fmt: skip
         trained = time.perf_counter() - t0
-        held = np.load(job["holdout"])
-        gains, noise, power = held["gains"], float(held["noise"]), float(held["total_power"])
+        held = data.load(job["holdout"])
+        gains, noise, power = held.gains, held.noise, held.total_power
         opt = metrics.optimum_rate(gains, power, noise)
         scores = {}
         for key in ("candidate", "current"):
@@ -491,8 +491,9 @@ class Server:
         self.segment = batch.segment
         if len(rows):
             assert power is not None
-            self._watch(rows, power, batch.segment)
-            self.decisions += len(rows)
+            start = self.decisions
+            self.decisions += len(rows)  # events name the decisions answered so far
+            self._watch(rows, power, batch.segment, start)
         self.look_after()
 
     def _emit(self, batch: Batch, power: np.ndarray | None) -> None:
@@ -520,8 +521,9 @@ class Server:
         if out:
             self.write("\n".join(out) + "\n")
 
-    def _watch(self, rows: np.ndarray, power: np.ndarray, segment: int) -> None:
-        """The two drift signals, the exact scoring of a timeline, the collection."""
+    def _watch(self, rows: np.ndarray, power: np.ndarray, segment: int, start: int) -> None:
+        """The two drift signals, the exact scoring of a timeline (rows from decision
+        ``start``), the collection."""
         n = len(rows)
         self.test.add(rows)
         audited = self.rng.random(n) < self.cfg.audit
@@ -529,8 +531,8 @@ class Server:
         if stats.model_rate is not None:  # a timeline: every row scored exactly, for the report
             opt = core.sum_rate(rows, core.waterfill(rows, self.power, self.noise), self.noise)
             got = core.sum_rate(rows, power, self.noise)
-            stats.model_rate[self.decisions : self.decisions + n] = got
-            stats.opt_rate[self.decisions : self.decisions + n] = opt
+            stats.model_rate[start : start + n] = got
+            stats.opt_rate[start : start + n] = opt
             opt_a, got_a = opt[audited], got[audited]
         elif audited.any():
             g = rows[audited]
@@ -687,7 +689,7 @@ def _report(server: Server, segments: list[Segment] | None, events: list[dict],
     for i, (name, n) in enumerate(zip(names, sizes, strict=True)):
         lo, hi = starts[i], min(starts[i + 1], server.decisions)
         detect = next((e for e in events if e["event"] == "drift_detected"
-                       and lo <= e["decision"] < starts[i + 1]), None)  # fmt: skip
+                       and lo < e["decision"] <= starts[i + 1]), None)  # fmt: skip
         swap = next((e for e in events if e["event"] == "swap" and detect is not None
                      and e["time"] >= detect["time"]), None)  # fmt: skip
         audit = stats.audit.get(i)
