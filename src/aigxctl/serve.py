@@ -18,13 +18,14 @@ import csv
 import io
 import json
 import math
+import os
 import queue
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -161,7 +162,7 @@ class _StdinSource:
 
     def _read(self, stream: BinaryIO) -> None:
         try:
-            for line_no, raw in enumerate(stream, start=1):
+            for line_no, raw in enumerate(_raw_lines(stream), start=1):
                 self.items.put(self._parse(raw, line_no))
         except UserError as exc:
             self.fatal = exc
@@ -255,6 +256,27 @@ class _StdinSource:
         data = [payload for kind, payload, _ in items if kind == "row"]
         slots = [(kind, payload if kind == "bad" else None) for kind, payload, _ in items]
         return Batch(np.asarray(data, dtype=np.float64).reshape(len(data), self.m), slots)
+
+
+def _raw_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``stream``, read from its file descriptor when it has one: a daemon thread
+    blocked in a buffered reader holds its lock, and interpreter shutdown (after a signal, or
+    a closed stdout) then aborts on it; a thread blocked in os.read holds nothing."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield from stream
+        return
+    pending = b""
+    while chunk := os.read(fd, 1 << 16):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+        if len(pending) > files.MAX_LINE_BYTES:
+            raise UserError(f"<stdin>: a line longer than {files.MAX_LINE_BYTES:,} bytes")
+    if pending:
+        yield pending
 
 
 def _is_number(text: str) -> bool:
