@@ -647,7 +647,7 @@ def serve(
     retrain_lr: Annotated[float, option(_SC, "retrain_lr")] = _SC.retrain_lr,
     train_threads: Annotated[int, option(_SC, "train_threads")] = _SC.train_threads,
     threads: Annotated[int, option(_SC, "threads")] = _SC.threads,
-    rate: Annotated[float, option(_SC, "rate")] = _SC.rate,
+    rate: Annotated[float | None, option(_SC, "rate")] = None,
     seed: Annotated[int, option(_SC, "seed")] = _SC.seed,
     force: Annotated[bool, option(_SC, "force")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No status line.",

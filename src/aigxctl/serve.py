@@ -49,6 +49,7 @@ FINAL_ROWS = 2000  # a segment's "final" fraction of the optimum: over its last 
 SERIES_BLOCK = 500  # decisions per point of the figure's curve
 STATUS_EVERY = 0.25  # seconds between status-line updates
 MAX_SEGMENTS = 1000
+DEFAULT_RATE = 1000.0  # decisions per second of a timeline that sets no rate (nor --rate)
 
 
 # ---- the simulated stream ---------------------------------------------------------------------
@@ -802,7 +803,8 @@ def run(cfg: ServeConfig, *, stdin: BinaryIO | None = None, stdout: TextIO | Non
     server = Server(cfg, ModelSlot(first), work, events, write,
                     status or (lambda stage, detail: None), total)  # fmt: skip
     if segments:
-        source: Any = _TimelineSource(segments, rate or cfg.rate, cfg.batch, cfg.seed)
+        pace = cfg.rate or rate or DEFAULT_RATE
+        source: Any = _TimelineSource(segments, pace, cfg.batch, cfg.seed)
     else:
         source = _StdinSource(stdin or sys.stdin.buffer, server.m, cfg.batch,
                               cfg.max_wait_ms / 1e3)  # fmt: skip

@@ -256,8 +256,9 @@ class ServeConfig:
     train_threads: int = setting(1, "Threads of the background retraining process.", low=1,
                                  high=MAX_NPROC)  # fmt: skip
     threads: int = setting(1, "Threads of the serving core.", low=1, high=MAX_NPROC)
-    rate: float = setting(1000.0, "Decisions per second of a simulated stream (a timeline's "
-                          "own rate = ... wins).", above=0.0, high=1e9)  # fmt: skip
+    rate: float | None = setting(None, "Decisions per second of a simulated stream (default: "
+                                 "the timeline's rate, else 1000).", above=0.0,
+                                 high=1e9)  # fmt: skip
     seed: int = setting(0, "Seed of the timeline's draws, the audit choice and the sampler.",
                         low=0, high=MAX_SEED)  # fmt: skip
     force: bool = setting(False, "Replace serve's own earlier output in --out / --log.")
