@@ -305,3 +305,23 @@ def test_sigterm_answers_every_row_read_then_saves_report_and_events(tmp_path):
     assert report["decisions"] == 300
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "stop" and events[-1]["signal"] == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_is_one_line_and_exit_2(tmp_path):
+    gains = scenarios.draw(scenarios.get("t1"), 3000, 6)
+    text = "".join(",".join(f"{v:.5f}" for v in r) + "\n" for r in gains)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from aigxctl.cli import main; main()", "serve", "--quiet",
+         "--batch", "8"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    head, rest = text[:2000].rsplit("\n", 1)[0] + "\n", text[2000:].split("\n", 1)[1]
+    proc.stdin.write(head.encode())
+    proc.stdin.flush()
+    assert proc.stdout.readline()
+    proc.stdout.close()  # the consumer goes away (| head -1)
+    _, err = proc.communicate(rest.encode(), timeout=60)
+    assert proc.returncode == 2, err.decode()
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "stdout was closed" in lines[0]

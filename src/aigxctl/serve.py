@@ -422,7 +422,12 @@ class _Events:
     def __init__(self, path: Path | None, t0: float) -> None:
         self.t0 = t0
         self.items: list[dict[str, Any]] = []
-        self.f: TextIO | None = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115
+        self.f: TextIO | None = None
+        if path is not None:
+            try:
+                self.f = open(path, "w", encoding="utf-8")  # noqa: SIM115 - a live log
+            except OSError as exc:
+                raise UserError(f"{path}: cannot write the events log ({exc.strerror})") from None
 
     def __call__(self, event: str, decision: int, quality: float | None,
                  **extra: Any) -> dict[str, Any]:  # fmt: skip
@@ -796,9 +801,9 @@ def run(cfg: ServeConfig, *, stdin: BinaryIO | None = None, stdout: TextIO | Non
             stdout.write(text)
             stdout.flush()
 
-    work = out if out is not None else Path(tempfile.mkdtemp(prefix="aigxctl-serve-"))
     t0 = time.perf_counter()
     events = _Events(log, t0)
+    work = out if out is not None else Path(tempfile.mkdtemp(prefix="aigxctl-serve-"))
     total = sum(s.decisions for s in segments) if segments else None
     server = Server(cfg, ModelSlot(first), work, events, write,
                     status or (lambda stage, detail: None), total)  # fmt: skip
@@ -826,7 +831,7 @@ def run(cfg: ServeConfig, *, stdin: BinaryIO | None = None, stdout: TextIO | Non
             server.finish_training(stopped)
             signum = stop.signum
     except BrokenPipeError:
-        with contextlib.suppress(OSError):
+        if stdout is sys.stdout:  # nothing left to flush into the closed pipe at exit
             sys.stdout = None  # type: ignore[assignment]
         raise UserError(f"stdout was closed after {server.decisions:,} decisions") from None
     finally:
