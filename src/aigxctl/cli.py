@@ -623,6 +623,65 @@ def cycle(
                      f"{result['run']['device']})")  # fmt: skip
 
 
+_SC = settings.ServeConfig
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[Path | None, option(_SC, "model", "--model", "-m")] = None,
+    timeline: Annotated[Path | None, option(_SC, "timeline")] = None,
+    out: Annotated[Path | None, option(_SC, "out", "--out", "-o")] = None,
+    log: Annotated[Path | None, option(_SC, "log")] = None,
+    batch: Annotated[int, option(_SC, "batch")] = _SC.batch,
+    max_wait: Annotated[float, option(_SC, "max_wait_ms", "--max-wait", metavar="MS")] = (
+        _SC.max_wait_ms),
+    audit: Annotated[float, option(_SC, "audit")] = _SC.audit,
+    min_quality: Annotated[float, option(_SC, "min_quality")] = _SC.min_quality,
+    quality_window: Annotated[int, option(_SC, "quality_window")] = _SC.quality_window,
+    drift_window: Annotated[int, option(_SC, "drift_window")] = _SC.drift_window,
+    drift_threshold: Annotated[float, option(_SC, "drift_threshold")] = _SC.drift_threshold,
+    collect: Annotated[int, option(_SC, "collect")] = _SC.collect,
+    holdout: Annotated[float, option(_SC, "holdout")] = _SC.holdout,
+    retrain_steps: Annotated[int, option(_SC, "retrain_steps")] = _SC.retrain_steps,
+    retrain_lr: Annotated[float, option(_SC, "retrain_lr")] = _SC.retrain_lr,
+    train_threads: Annotated[int, option(_SC, "train_threads")] = _SC.train_threads,
+    threads: Annotated[int, option(_SC, "threads")] = _SC.threads,
+    rate: Annotated[float | None, option(_SC, "rate")] = None,
+    seed: Annotated[int, option(_SC, "seed")] = _SC.seed,
+    force: Annotated[bool, option(_SC, "force")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No status line.",
+                                        metavar="")] = False,
+) -> None:
+    """Serve allocations for gains read from stdin (or a simulated [bold]--timeline[/]), one
+    CSV line out per line in, while watching the model's quality, detecting drift, retraining
+    in the background and swapping the better model in without stopping."""
+    from aigxctl import serve as serving
+
+    cfg = settings.ServeConfig(
+        model=str(model) if model else None, timeline=str(timeline) if timeline else None,
+        out=str(out) if out else None, log=str(log) if log else None, batch=batch,
+        max_wait_ms=max_wait, audit=audit, min_quality=min_quality,
+        quality_window=quality_window, drift_window=drift_window,
+        drift_threshold=drift_threshold, collect=collect, holdout=holdout,
+        retrain_steps=retrain_steps, retrain_lr=retrain_lr, train_threads=train_threads,
+        threads=threads, rate=rate, seed=seed, force=force,
+    )  # fmt: skip
+    with report.StageStatus(quiet=quiet) as status:
+        result = serving.run(cfg, status=lambda stage, detail: status.update(
+            stage, {"detail": detail}))  # fmt: skip
+    lat = result["latency_ms"]
+    p99 = "-" if lat["p99"] is None else f"{lat['p99']:.2f} ms"
+    busy = lat["p99_while_training"]
+    report.err.print(
+        f"[green]✓[/] {result['decisions']:,} decisions in {result['seconds']:.1f} s, "
+        f"{len(result['swaps'])} swap(s), serving generation {result['generation']} "
+        f"({escape(result['model'])}); p99 {p99} per batch"
+        + (f", {busy:.2f} ms while retraining" if busy is not None else "")
+        + (f"; report in {escape(str(out))}" if out else "")
+    )
+
+
 def cycle_table(result: dict[str, Any]) -> Any:
     """Per phase and method: sum rate, % of optimum, gain over equal, and the paper's figure."""
     rows = []

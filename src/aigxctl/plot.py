@@ -23,7 +23,7 @@ from typing import Any
 
 from aigxctl.files import atomic_path
 
-__all__ = ["cycle_figure"]
+__all__ = ["cycle_figure", "serve_figure"]
 
 # Phase bands: (colour, label over the band).
 PHASES = {
@@ -564,3 +564,50 @@ def _spread(ys: list[float], gap: float) -> list[float]:
             mid = (out[a] + out[b]) / 2
             out[a], out[b] = mid - gap / 2, mid + gap / 2
     return out
+
+
+def serve_figure(report: dict[str, Any], path: Path) -> None:
+    """``aigxctl serve --timeline``: the served model's fraction of the optimum over the
+    decisions (exact, in blocks), with the weather changes, the drift detections and the model
+    swaps marked, written atomically as ``path`` (.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = report.get("series", {})
+    xs, ys = series.get("decision", []), [100 * f for f in series.get("fraction", [])]
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=120)
+    ax.plot(xs, ys, color=METHODS["gdm"][1], lw=1.4, label="served model (exact, per block)")
+    ax.axhline(99.0, color="#15803d", ls=":", lw=1, label="99 % of the optimum")
+    ends = [*report.get("segment_starts", [])[1:], report.get("decisions", 0)]
+    for start, end, seg in zip(report.get("segment_starts", []), ends, report["segments"],
+                               strict=False):  # fmt: skip
+        if start:
+            ax.axvline(start, color="#475569", ls="--", lw=1)
+        ax.text((start + end) / 2, 1.01, seg["scenario"], transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=9, color="#475569")  # fmt: skip
+    for i, d in enumerate(report.get("detections", [])):
+        ax.axvline(d["decision"], color=DRIFT, lw=1, alpha=0.8,
+                   label="drift detected" if i == 0 else None)  # fmt: skip
+    for i, s in enumerate(report.get("swaps", [])):
+        ax.axvline(s["decision"], color="#15803d", lw=1.6,
+                   label="model swapped in" if i == 0 else None)  # fmt: skip
+    if ys:
+        ax.set_ylim(max(0.0, min(ys) - 2), 100.5)
+    ax.set_xlabel("decisions")
+    ax.set_ylabel("% of the optimum")
+    lat = report.get("latency_ms", {})
+    if lat.get("p99") is not None:
+        busy = lat.get("p99_while_training")
+        ax.set_title(f"aigxctl serve: batches of {report.get('batch')}, p99 "
+                     f"{lat['p99']:.2f} ms" + (f", {busy:.2f} ms while retraining"
+                                               if busy is not None else ""),
+                     fontsize=10, pad=16)  # fmt: skip
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)

@@ -208,6 +208,8 @@ class StageStatus:
         figures = status_text(status)
         if figures:
             parts.append(figures)
+        if "detail" in status:
+            parts.append(str(status["detail"]))
         if "elapsed" in status:
             parts.append(f"{duration(status['elapsed'])} elapsed in all")
         return ", ".join(parts)

@@ -27,6 +27,7 @@ __all__ = [
     "SCHEDULES",
     "RewardConfig",
     "RunSettings",
+    "ServeConfig",
     "TrainConfig",
     "check",
     "describe",
@@ -210,3 +211,57 @@ class RewardConfig(RunSettings):
         if self.critic_warmup is not None:
             return self.critic_warmup
         return min(200, self.steps // 5) if self.init else 0
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    """Everything ``aigxctl serve`` takes. The retraining defaults were measured on this
+    2-core CPU: fine-tuning the pretrained T1 model on 7,168 exactly-labelled T2 rows for 4,000
+    steps at 3e-3 reaches 99.4 % of the optimum on fresh T2 draws in about 22 s on one thread
+    (2,000 steps: 98.4 %; from 4,096 rows and 3,000 steps: 99.0 %)."""
+
+    model: str | None = setting(None, "Model directory to serve (default: the pretrained T1 "
+                                "model).")  # fmt: skip
+    timeline: str | None = setting(None, "A simulated stream instead of stdin: a TOML list of "
+                                   "[[segment]] scenario = ..., decisions = N.")  # fmt: skip
+    out: str | None = setting(None, "Directory for report.json, events.jsonl, serve.png and the "
+                              "retrained models (without it they live in a temporary folder "
+                              "removed at exit).")  # fmt: skip
+    log: str | None = setting(None, "Events log, one JSON object a line (default: "
+                              "OUT/events.jsonl with --out).")  # fmt: skip
+    batch: int = setting(64, "Rows decided together (micro-batch).", low=1, high=MAX_BATCH)
+    max_wait_ms: float = setting(5.0, "Longest a row read from stdin waits for its batch to "
+                                 "fill, in ms.", low=0.0, high=60_000.0,
+                                 flag="--max-wait")  # fmt: skip
+    audit: float = setting(0.02, "Fraction of decisions also solved exactly: the quality "
+                           "signal.", low=0.0, high=1.0)  # fmt: skip
+    min_quality: float = setting(0.99, "Retrain when the audited fraction of the optimum falls "
+                                 "below this.", low=0.0, high=1.0)  # fmt: skip
+    quality_window: int = setting(100, "Audited decisions the quality is measured over.",
+                                  low=1, high=MAX_BATCH)  # fmt: skip
+    drift_window: int = setting(512, "Recent gain vectors the label-free distribution test "
+                                "compares with the training distribution.", low=16,
+                                high=MAX_BATCH)  # fmt: skip
+    drift_threshold: float = setting(8.0, "z-score (largest over channels, mean and variance) "
+                                     "at which the distribution test fires.",
+                                     above=0.0)  # fmt: skip
+    collect: int = setting(8192, "Rows kept after drift (exactly labelled) to retrain and "
+                           "validate on.", low=64, high=MAX_BATCH)  # fmt: skip
+    holdout: float = setting(0.125, "Share of the collected rows held back to validate the "
+                             "candidate model.", above=0.0, high=0.5)  # fmt: skip
+    retrain_steps: int = setting(4000, "Fine-tuning steps of a retraining.", low=1,
+                                 high=MAX_STEPS)  # fmt: skip
+    retrain_lr: float = setting(3e-3, "Peak learning rate of a retraining.", above=0.0,
+                                high=MAX_LR)  # fmt: skip
+    train_threads: int = setting(1, "Threads of the background retraining process.", low=1,
+                                 high=MAX_NPROC)  # fmt: skip
+    threads: int = setting(1, "Threads of the serving core.", low=1, high=MAX_NPROC)
+    rate: float | None = setting(None, "Decisions per second of a simulated stream (default: "
+                                 "the timeline's rate, else 1000).", above=0.0,
+                                 high=1e9)  # fmt: skip
+    seed: int = setting(0, "Seed of the timeline's draws, the audit choice and the sampler.",
+                        low=0, high=MAX_SEED)  # fmt: skip
+    force: bool = setting(False, "Replace serve's own earlier output in --out / --log.")
+
+    def check(self) -> None:
+        check(self)
