@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +130,24 @@ def test_bench_collect_reports_every_case(run):
     assert set(r["ratio_to_draw"]) == {"collect", "collect_npz"}
     assert all(v > 0 for v in r["samples_per_s"].values())
     one_line_error(run("bench", "collect", "-n", "0"), "--samples")
+
+
+def test_collect_writes_a_csv_to_standard_output_for_a_pipe(tmp_path: Path):
+    exe = Path(sys.executable).with_name("aigxctl")
+    to_file = tmp_path / "d.csv"
+    subprocess.run([str(exe), "collect", "-s", "t2", "-n", "40", "--seed", "3", "-o", str(to_file),
+                    "-q"], check=True, capture_output=True)  # fmt: skip
+    for args in (["--format", "csv"], ["--out", "-"]):
+        res = subprocess.run([str(exe), "collect", "-s", "t2", "-n", "40", "--seed", "3", *args],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == to_file.read_text()  # the same rows as the file
+        assert "-> <stdout> (csv)" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
+
+
+def test_collect_to_standard_output_needs_csv(run):
+    res = run("collect", "-s", "t1", "-n", "5", "--out", "-", "--format", "npz")
+    assert res.exit_code == 2 and "npz is binary and needs a file" in res.stderr
+    res = run("collect", "-s", "t1", "-n", "5")
+    assert res.exit_code == 2 and "--out FILE is needed" in res.stderr

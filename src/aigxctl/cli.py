@@ -346,6 +346,22 @@ class DataFormat(str, Enum):
     csv = "csv"
 
 
+def _collect_target(
+    out: Path | None, fmt: DataFormat | None
+) -> tuple[Path, DataFormat | None, str]:
+    """(path to write, format, name to show): ``-`` or no --out with --format csv is a CSV on
+    standard output; an npz (binary) there is refused."""
+    if out is not None and str(out) != "-":
+        return out, fmt, str(out)
+    if fmt is DataFormat.npz:
+        raise UserError("--format npz is binary and needs a file: give --out FILE, or use "
+                        "--format csv to write to standard output")  # fmt: skip
+    if out is None and fmt is None:
+        raise UserError("--out FILE is needed (or --format csv / --out - for a CSV on standard "
+                        "output)")  # fmt: skip
+    return Path("/dev/stdout"), DataFormat.csv, "<stdout>"
+
+
 @app.command()
 @user_errors
 def collect(
@@ -353,7 +369,11 @@ def collect(
         str, typer.Option("--scenario", "-s", help="Built-in name (t1, t2) or a TOML file.")
     ],
     samples: Annotated[int, typer.Option("--samples", "-n", help="Gain vectors to draw.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset file to write.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Dataset file to write; - for a CSV on standard output "
+                     "(also the default with --format csv).", show_default=False),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same file contents.")] = 0,
     total_power: Annotated[
         float | None,
@@ -390,6 +410,8 @@ def collect(
         raise UserError(f"--seed must be >= 0, got {seed}")
     if total_power is not None:
         core.check_level("--total-power", total_power)
+    out, fmt, shown = _collect_target(out, fmt)
+    force = force or shown == "<stdout>"  # a pipe or a terminal: nothing there to keep
     s = scenarios.get(scenario)
     start = time.perf_counter()
     with report.StepProgress(f"collect {s.name}", samples, quiet=quiet or samples < 200_000) as bar:
@@ -403,7 +425,7 @@ def collect(
         else "npz"
     report.err.print(
         f"[green]✓[/] {samples:,} samples of {escape(s.name)} (M={s.m}, "
-        f"P={info['total_power']:g}, seed {seed}) -> {escape(str(out))} ({kind}) in "
+        f"P={info['total_power']:g}, seed {seed}) -> {escape(shown)} ({kind}) in "
         f"{time.perf_counter() - start:.2f} s; expert mean sum rate "
         f"{info['expert_rate']:.4f} bit/s/Hz{vs_equal}"
     )

@@ -328,6 +328,8 @@ def _write_errors(shown: Path) -> Iterator[None]:
     """A failed write (full disk, quota, I/O error, read-only file system) as one line."""
     try:
         yield
+    except BrokenPipeError:
+        raise  # the reader left (`| head`): the CLI exits quietly, as pipes expect
     except OSError as exc:
         raise UserError(f"{shown}: cannot write ({exc.strerror or exc})") from None
 
