@@ -695,10 +695,13 @@ def serve(
     lat = result["latency_ms"]
     p99 = "-" if lat["p99"] is None else f"{lat['p99']:.2f} ms"
     busy = lat["p99_while_training"]
+    # Without --out, retrained models live in a temporary folder removed at exit.
+    kept = out is not None or not result["swaps"]
+    where = escape(result["model"]) if kept else "retrained models not kept: no --out"
     report.err.print(
         f"[green]✓[/] {result['decisions']:,} decisions in {result['seconds']:.1f} s, "
         f"{len(result['swaps'])} swap(s), serving generation {result['generation']} "
-        f"({escape(result['model'])}); p99 {p99} per batch"
+        f"({where}); p99 {p99} per batch"
         + (f", {busy:.2f} ms while retraining" if busy is not None else "")
         + (f"; report in {escape(str(out))}" if out else "")
     )
