@@ -699,7 +699,8 @@ def serve(
     kept = out is not None or not result["swaps"]
     where = escape(result["model"]) if kept else "retrained models not kept: no --out"
     report.err.print(
-        f"[green]✓[/] {result['decisions']:,} decisions in {result['seconds']:.1f} s, "
+        f"[green]✓[/] {result['decisions']:,} decision{'s' if result['decisions'] != 1 else ''} "
+        f"in {result['seconds']:.1f} s, "
         f"{len(result['swaps'])} swap(s), serving generation {result['generation']} "
         f"({where}); p99 {p99} per batch"
         + (f", {busy:.2f} ms while retraining" if busy is not None else "")
