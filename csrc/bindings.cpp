@@ -64,10 +64,12 @@ CArray<double> sum_rate(CArray<T> gains, CArray<T> power, double noise) {
   return rate;
 }
 
-aigx::FusedSpec make_spec(int m, int hidden, int steps, int pred, int64_t rows) {
+aigx::FusedSpec make_spec(int m, int hidden, int steps, int pred, int64_t rows, int alloc_map) {
   if (m < 1 || hidden < 1 || steps < 1) throw std::invalid_argument("m, hidden, steps must be >= 1");
   if (pred != aigx::kPredictEps && pred != aigx::kPredictX0) throw std::invalid_argument("pred");
-  return aigx::FusedSpec{m, hidden, steps, pred, rows};
+  if (alloc_map != aigx::kMapAbs && alloc_map != aigx::kMapSimplex && alloc_map != aigx::kMapRelu)
+    throw std::invalid_argument("alloc_map");
+  return aigx::FusedSpec{m, hidden, steps, pred, rows, alloc_map};
 }
 
 void check_mode(int mode) {
@@ -76,11 +78,12 @@ void check_mode(int mode) {
 
 CArray<float> fused_sample(CArray<float> pack, int m, int hidden, int steps, int pred,
                            CArray<float> gains, CArray<double> total_power,
-                           std::optional<CArray<float>> noise, uint64_t seed, int mode) {
+                           std::optional<CArray<float>> noise, uint64_t seed, int mode,
+                           int alloc_map) {
   require_2d(gains, "gains");
   check_mode(mode);
   const int64_t rows = gains.shape(0);
-  const auto spec = make_spec(m, hidden, steps, pred, rows);
+  const auto spec = make_spec(m, hidden, steps, pred, rows, alloc_map);
   if (gains.shape(1) != m) throw std::invalid_argument("gains must have M columns");
   if (pack.size() != aigx::pack_layout(m, hidden, steps).total)
     throw std::invalid_argument("pack has the wrong size for (m, hidden, steps)");
@@ -206,17 +209,17 @@ PYBIND11_MODULE(_core, m) {
       "Offsets (in floats) of each tensor in a packed fused-sampler buffer, and its total size.");
   m.def("fused_sample", &fused_sample, py::arg("pack"), py::arg("m"), py::arg("hidden"),
         py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("total_power"),
-        py::arg("noise"), py::arg("seed"), py::arg("mode"),
+        py::arg("noise"), py::arg("seed"), py::arg("mode"), py::arg("alloc_map") = 0,
         "Fused reverse diffusion on the CPU: raw gains [B, M] float32 -> allocations [B, M].");
   m.def(
       "fused_sample_cuda",
       [](int device, std::uintptr_t pack, int64_t pack_size, int m_, int hidden, int steps,
          int pred, std::uintptr_t gains, int64_t rows, std::uintptr_t total_power,
          int64_t power_count, std::uintptr_t noise, std::vector<int64_t> noise_shape,
-         uint64_t seed, int mode, std::uintptr_t power, std::uintptr_t stream) {
+         uint64_t seed, int mode, std::uintptr_t power, std::uintptr_t stream, int alloc_map) {
         check_mode(mode);
         if (rows < 0) throw std::invalid_argument("rows must be >= 0");
-        const auto spec = make_spec(m_, hidden, steps, pred, rows);
+        const auto spec = make_spec(m_, hidden, steps, pred, rows, alloc_map);
         if (pack_size != aigx::pack_layout(m_, hidden, steps).total)
           throw std::invalid_argument("pack has the wrong size for (m, hidden, steps)");
         const bool rowwise = per_row(power_count, rows);
@@ -231,6 +234,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("rows"),
       py::arg("total_power"), py::arg("power_count"), py::arg("noise"), py::arg("noise_shape"),
       py::arg("seed"), py::arg("mode"), py::arg("power"), py::arg("stream"),
+      py::arg("alloc_map") = 0,
       "Device-pointer fused sampler on GPU `device`: pack float32 [pack_size], gains and power "
       "[rows, m] float32, total_power float64 [power_count]; noise 0 means Philox normals from "
       "seed, else float32 of shape noise_shape = [steps + 1, rows, m].");

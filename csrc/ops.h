@@ -40,6 +40,7 @@ struct FusedSpec {
   int steps;
   int pred;  // Prediction
   int64_t rows_total;
+  int alloc_map = 0;  // AllocMap (denoise.h)
 };
 
 void fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,

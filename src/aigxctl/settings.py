@@ -14,6 +14,7 @@ from typing import Any
 from aigxctl.errors import UserError
 
 __all__ = [
+    "ALLOC_MAPS",
     "ARCHS",
     "DEVICES",
     "MAX_BATCH",
@@ -73,6 +74,10 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 SCHEDULES = ("vp", "linear", "cosine")
 PREDICTIONS = ("x0", "eps")
 SAMPLING_MODES = ("ddim", "ancestral")
+# How a model's final sample x becomes powers (aigxctl.diffusion.to_allocation; csrc/denoise.h):
+# abs P|x|/sum|x| (the paper's), simplex the Euclidean projection of x onto the probability
+# simplex times P, relu P relu(x)/sum relu(x). The last two can switch a channel off exactly.
+ALLOC_MAPS = ("abs", "simplex", "relu")
 
 
 def _choices(choices: tuple[str, ...]) -> str:
