@@ -194,14 +194,14 @@ class RewardConfig(RunSettings):
     scenario: str = setting(help="Where to draw the gains: a built-in name or a TOML file.")
     # Fresh draws make every step new data; 1000 steps reach 99.9 % on T1 and at T3 (README).
     steps: int = setting(1000, "Optimizer steps.", low=1, high=MAX_STEPS)
-    objective: str = setting("rate", "What the policy climbs: rate, the known sum rate itself, "
-                             "back-propagated through the deterministic DDIM decision; critic, "
-                             "a learned double critic only (for a reward one cannot "
-                             "differentiate).", choices=REWARD_OBJECTIVES)  # fmt: skip
-    alloc_map: str = setting("simplex", "How the final sample becomes powers: abs P|x|/sum|x| "
-                             "(the paper's), simplex (the projection onto the scaled simplex) or "
-                             "relu; simplex and relu can switch channels off.",
-                             choices=ALLOC_MAPS, flag="--map")  # fmt: skip
+    objective: str = setting("rate", "With --mode reward, what the policy climbs: rate, the "
+                             "known sum rate itself, back-propagated through the deterministic "
+                             "DDIM decision; critic, a learned double critic only (for a reward "
+                             "one cannot differentiate).", choices=REWARD_OBJECTIVES)  # fmt: skip
+    alloc_map: str = setting("simplex", "With --mode reward, how the final sample becomes "
+                             "powers: abs P|x|/sum|x| (the paper's), simplex (the projection onto "
+                             "the scaled simplex) or relu; simplex and relu can switch channels "
+                             "off.", choices=ALLOC_MAPS, flag="--map")  # fmt: skip
     batch: int = setting(256, "Fresh draws per step.", low=1, high=MAX_BATCH)
     lr: float = setting(1e-3, "Learning rate of the policy (AdamW; with --objective rate it "
                         "decays on a cosine to 0).", above=0.0, high=MAX_LR)  # fmt: skip
