@@ -67,10 +67,12 @@ CArray<double> sum_rate(CArray<T> gains, CArray<T> power, double noise) {
   return rate;
 }
 
-aigx::FusedSpec make_spec(int m, int hidden, int steps, int pred, int64_t rows) {
+aigx::FusedSpec make_spec(int m, int hidden, int steps, int pred, int64_t rows, int alloc_map) {
   if (m < 1 || hidden < 1 || steps < 1) throw std::invalid_argument("m, hidden, steps must be >= 1");
   if (pred != aigx::kPredictEps && pred != aigx::kPredictX0) throw std::invalid_argument("pred");
-  return aigx::FusedSpec{m, hidden, steps, pred, rows};
+  if (alloc_map != aigx::kMapAbs && alloc_map != aigx::kMapSimplex && alloc_map != aigx::kMapRelu)
+    throw std::invalid_argument("alloc_map");
+  return aigx::FusedSpec{m, hidden, steps, pred, rows, alloc_map};
 }
 
 void check_mode(int mode) {
@@ -97,12 +99,12 @@ std::pair<CArray<float>, int64_t> fused_sample(CArray<float> pack, int m, int hi
                                                int pred, CArray<G> gains_in,
                                                CArray<double> total_power,
                                                std::optional<CArray<float>> noise, uint64_t seed,
-                                               int mode) {
+                                               int mode, int alloc_map) {
   require_2d(gains_in, "gains");
   const CArray<float> gains = float_gains(gains_in);
   check_mode(mode);
   const int64_t rows = gains.shape(0);
-  const auto spec = make_spec(m, hidden, steps, pred, rows);
+  const auto spec = make_spec(m, hidden, steps, pred, rows, alloc_map);
   if (gains.shape(1) != m) throw std::invalid_argument("gains must have M columns");
   if (pack.size() != aigx::pack_layout(m, hidden, steps).total)
     throw std::invalid_argument("pack has the wrong size for (m, hidden, steps)");
@@ -230,22 +232,21 @@ PYBIND11_MODULE(_core, m) {
   // float64 first: what the model API passes (an overload that does not match costs ~0.5 us).
   m.def("fused_sample", &fused_sample<double>, py::arg("pack"), py::arg("m"), py::arg("hidden"),
         py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("total_power"),
-        py::arg("noise"), py::arg("seed"), py::arg("mode"));
+        py::arg("noise"), py::arg("seed"), py::arg("mode"), py::arg("alloc_map") = 0);
   m.def("fused_sample", &fused_sample<float>, py::arg("pack"), py::arg("m"), py::arg("hidden"),
         py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("total_power"),
-        py::arg("noise"), py::arg("seed"), py::arg("mode"),
+        py::arg("noise"), py::arg("seed"), py::arg("mode"), py::arg("alloc_map") = 0,
         "Fused reverse diffusion on the CPU: raw gains [B, M] float32 or float64 -> (allocations "
-        "[B, M] float32, "
-        "the number of rows with an invalid gain, whose allocations are NaN).");
+        "[B, M] float32, the number of rows with an invalid gain, whose allocations are NaN).");
   m.def(
       "fused_sample_cuda",
       [](int device, std::uintptr_t pack, int64_t pack_size, int m_, int hidden, int steps,
          int pred, std::uintptr_t gains, int64_t rows, std::uintptr_t total_power,
          int64_t power_count, std::uintptr_t noise, std::vector<int64_t> noise_shape,
-         uint64_t seed, int mode, std::uintptr_t power, std::uintptr_t stream) {
+         uint64_t seed, int mode, std::uintptr_t power, std::uintptr_t stream, int alloc_map) {
         check_mode(mode);
         if (rows < 0) throw std::invalid_argument("rows must be >= 0");
-        const auto spec = make_spec(m_, hidden, steps, pred, rows);
+        const auto spec = make_spec(m_, hidden, steps, pred, rows, alloc_map);
         if (pack_size != aigx::pack_layout(m_, hidden, steps).total)
           throw std::invalid_argument("pack has the wrong size for (m, hidden, steps)");
         const bool rowwise = per_row(power_count, rows);
@@ -260,6 +261,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("rows"),
       py::arg("total_power"), py::arg("power_count"), py::arg("noise"), py::arg("noise_shape"),
       py::arg("seed"), py::arg("mode"), py::arg("power"), py::arg("stream"),
+      py::arg("alloc_map") = 0,
       "Device-pointer fused sampler on GPU `device`: pack float32 [pack_size], gains and power "
       "[rows, m] float32, total_power float64 [power_count]; noise 0 means Philox normals from "
       "seed, else float32 of shape noise_shape = [steps + 1, rows, m].");

@@ -71,18 +71,66 @@ AIGX_HD float step_update(float x, float out, float z, const StepConsts& c, int 
   return c.sqrt_abar_prev * x0 + c.sqrt_1m_abar_prev * eps;
 }
 
-// The sample x (an allocation fraction up to sign and scale) -> feasible powers
-// p_n = P |x_n| / sum |x|; a sample of all zeros gets the equal split.
+// How the final sample x becomes powers (aigxctl.settings.ALLOC_MAPS, same order).
+enum AllocMap : int { kMapAbs = 0, kMapSimplex = 1, kMapRelu = 2 };
+
+// The equal split P / M: what a row gets when its map cannot place it (all zero, NaN).
 template <typename T>
-AIGX_HD void to_allocation(const float* x, T* p, int m, double total_power) {
+AIGX_HD void equal_split(T* p, int m, double total_power) {
+  for (int n = 0; n < m; ++n) p[n] = static_cast<T>(total_power / m);
+}
+
+// p_n = P w_n / sum w with w_n = |x_n| (abs) or max(x_n, 0) (relu).
+template <typename T>
+AIGX_HD void normalised_map(const float* x, T* p, int m, double total_power, bool relu) {
   double s = 0.0;
-  for (int n = 0; n < m; ++n) s += fabs(static_cast<double>(x[n]));
-  if (!(s > 0.0)) {
-    for (int n = 0; n < m; ++n) p[n] = static_cast<T>(total_power / m);
-    return;
+  for (int n = 0; n < m; ++n) {
+    const double v = static_cast<double>(x[n]);
+    s += relu ? (v > 0.0 ? v : 0.0) : fabs(v);
   }
+  if (!(s > 0.0)) return equal_split(p, m, total_power);
   const double scale = total_power / s;
-  for (int n = 0; n < m; ++n) p[n] = static_cast<T>(fabs(static_cast<double>(x[n])) * scale);
+  for (int n = 0; n < m; ++n) {
+    const double v = static_cast<double>(x[n]);
+    p[n] = static_cast<T>((relu ? (v > 0.0 ? v : 0.0) : fabs(v)) * scale);
+  }
+}
+
+// p = P proj(x): the Euclidean projection of x onto {f >= 0, sum f = 1}, f_n = max(x_n - theta, 0).
+// theta is found like the water level (Michelot 1986): start from all channels active, set theta
+// so the active ones add up to 1, drop those at or below it, repeat; theta only rises, so the
+// set only shrinks, and it stops when nothing drops (at most M rounds, no sort, no memory).
+template <typename T>
+AIGX_HD void simplex_map(const float* x, T* p, int m, double total_power) {
+  double s = 0.0;
+  for (int n = 0; n < m; ++n) s += static_cast<double>(x[n]);
+  if (!(fabs(s) < 1e300)) return equal_split(p, m, total_power);  // NaN or infinite
+  int active = m;
+  double theta = (s - 1.0) / m;
+  for (;;) {
+    double sum = 0.0;
+    int count = 0;
+    for (int n = 0; n < m; ++n)
+      if (static_cast<double>(x[n]) > theta) {
+        sum += static_cast<double>(x[n]);
+        ++count;
+      }
+    if (count == active) break;
+    active = count;  // >= 1: theta is below the mean of the previous set, so below its max
+    theta = (sum - 1.0) / count;
+  }
+  for (int n = 0; n < m; ++n) {
+    const double f = static_cast<double>(x[n]) - theta;
+    p[n] = static_cast<T>((f > 0.0 ? f : 0.0) * total_power);
+  }
+}
+
+// The sample x (an allocation fraction up to sign and scale) -> feasible powers by `alloc_map`;
+// the reference is aigxctl.diffusion.to_allocation.
+template <typename T>
+AIGX_HD void to_allocation(const float* x, T* p, int m, double total_power, int alloc_map) {
+  if (alloc_map == kMapSimplex) return simplex_map(x, p, m, total_power);
+  normalised_map(x, p, m, total_power, alloc_map == kMapRelu);
 }
 
 // True when every gain of the row is finite and >= 0.

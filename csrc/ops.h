@@ -40,6 +40,7 @@ struct FusedSpec {
   int steps;
   int pred;  // Prediction
   int64_t rows_total;
+  int alloc_map = 0;  // AllocMap (denoise.h)
 };
 
 // Returns how many rows held a NaN, infinite or negative gain (their powers are NaN), so the

@@ -123,7 +123,7 @@ __global__ void fused_sample_kernel(FusedSpec spec, const float* __restrict__ pa
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
     const double p = per_row_power ? total_power[row0 + r] : total_power[0];
     float* pr = power + (row0 + r) * m;
-    to_allocation(x + r * m, pr, m, p);
+    to_allocation(x + r * m, pr, m, p, spec.alloc_map);
     if (!gains_valid(gains + (row0 + r) * m, m))  // flagged for the caller, as on the CPU
       for (int n = 0; n < m; ++n) pr[n] = __int_as_float(0x7fc00000);
   }

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aigxctl import core, fused
-from aigxctl.diffusion import STEP_CONSTANTS, Schedule, to_allocation
+from aigxctl.diffusion import ALLOC_MAPS, STEP_CONSTANTS, Schedule, to_allocation
 
 BETAS = 1.0 - np.exp(-0.1 / 6 - 0.5 * 9.9 * (2 * np.arange(1, 7) - 1) / 36)  # VP, T = 6
 
@@ -31,7 +31,7 @@ def test_step_constants_are_the_schedules_own():
         np.testing.assert_array_equal(table[:, j], column)
 
 
-def identity_sampler(m: int) -> fused.FusedSampler:
+def identity_sampler(m: int, alloc_map: str = "abs") -> fused.FusedSampler:
     """One DDIM step that returns its start sample unchanged, so sampling gives the core's
     allocation map of the given noise: all weights 0 (the network predicts x0 = 0), and
     sqrt_abar_prev = 0, inv_sqrt_1m_abar = sqrt_1m_abar_prev = 1 make the update x <- x."""
@@ -41,13 +41,15 @@ def identity_sampler(m: int) -> fused.FusedSampler:
     pack[layout["cond_std"] : layout["cond_std"] + m] = 1.0
     for name in ("inv_sqrt_1m_abar", "sqrt_1m_abar_prev"):
         pack[layout["consts"] + STEP_CONSTANTS.index(name)] = 1.0
-    return fused.FusedSampler(pack=pack, m=m, hidden=hidden, steps=1, pred="x0")
+    return fused.FusedSampler(pack=pack, m=m, hidden=hidden, steps=1, pred="x0",
+                              alloc_map=alloc_map)  # fmt: skip
 
 
+@pytest.mark.parametrize("alloc_map", ALLOC_MAPS)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_core_allocation_map_is_to_allocation(device):
+def test_core_allocation_map_is_to_allocation(device, alloc_map):
     # csrc/denoise.h's to_allocation (the fused samplers' last step) against the one Python
-    # definition of p = P |x| / sum |x|, on rows of zeros, negatives, a NaN and subnormals.
+    # definition of each map, on rows of zeros, negatives, a NaN and subnormals.
     m, rows = 13, 64
     rng = np.random.default_rng(5)
     x = rng.standard_normal((rows, m)).astype(np.float32)
@@ -61,7 +63,7 @@ def test_core_allocation_map_is_to_allocation(device):
     x[5] = 1e-40  # subnormal in float32; the core sums in double
     noise = np.stack([x, np.zeros_like(x)])  # [T + 1, B, M]: the start sample, then no noise
     gains = np.ones((rows, m))
-    sampler = identity_sampler(m)
+    sampler = identity_sampler(m, alloc_map)
     if device == "cuda":
         import torch
 
@@ -69,7 +71,7 @@ def test_core_allocation_map_is_to_allocation(device):
     for total_power in (0.2, rng.uniform(0.1, 5.0, rows)):
         got = sampler.sample(gains, total_power, mode="ddim", noise=noise)
         got = got.cpu().numpy() if device == "cuda" else got
-        expected = to_allocation(x.astype(np.float64), total_power)
+        expected = to_allocation(x.astype(np.float64), total_power, alloc_map)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
         equal = np.broadcast_to(total_power, (rows,))[[0, 1, 4], None] / m
         np.testing.assert_allclose(got[[0, 1, 4]], np.broadcast_to(equal, (3, m)), rtol=1e-6)

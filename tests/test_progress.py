@@ -95,8 +95,9 @@ def test_help_shows_defaults_and_no_bool_metavars(run, command):
     text = " ".join(res.stdout.replace("│", " ").split())  # unwrapped, without the frame
     assert "<bool>" not in text.replace("--help -h <bool>", "")
     if command == "train":
-        for shown in ("[default: gdm]", "<gdm|mlp>", "<vp|linear|cosine>", "[default: 3000]",
-                      "512; with --mode reward 256"):  # fmt: skip
+        for shown in ("[default: gdm]", "<gdm|mlp>", "<vp|linear|cosine>",
+                      "[default: 3000; with --mode reward 1000]", "512; with --mode reward 256",
+                      "<abs|simplex|relu>", "[default: simplex]"):  # fmt: skip
             assert shown in text, shown
 
 

@@ -29,7 +29,7 @@ from aigxctl.diffusion import PREDICTIONS, SCHEDULES, Schedule
 from aigxctl.errors import UserError
 from aigxctl.model import GDM, MAX_BEST_OF, Denoiser, MLPAllocator, Regressor
 from aigxctl.scenarios import MAX_CHANNELS
-from aigxctl.settings import MAX_DENOISE_STEPS, MAX_HIDDEN, MAX_T_DIM
+from aigxctl.settings import ALLOC_MAPS, MAX_DENOISE_STEPS, MAX_HIDDEN, MAX_T_DIM
 
 __all__ = [
     "FORMAT",
@@ -100,6 +100,7 @@ def model_config(model: GDM | MLPAllocator, extra: dict[str, Any] | None = None)
             pred=model.pred,
             mode=model.mode,
             best_of=model.best_of,
+            alloc_map=model.alloc_map,
         )
     else:
         cfg.update(hidden=model.net.hidden)
@@ -259,10 +260,13 @@ def _check_config(cfg: Any) -> None:
             raise ValueError(f"t_dim must be even, got {t_dim}")
         _int(cfg, "steps", 1, MAX_DENOISE_STEPS)
         _int(cfg, "best_of", 1, MAX_BEST_OF, default=1)
+        # A checkpoint from before allocation maps has none: it used the abs map.
+        defaults = {"mode": "ddim", "alloc_map": "abs"}
         for key, allowed in (("schedule", SCHEDULES), ("pred", PREDICTIONS),
-                             ("mode", SAMPLING_MODES)):  # fmt: skip
-            if cfg.get(key, "ddim" if key == "mode" else None) not in allowed:
-                raise ValueError(f"{key} must be one of {', '.join(allowed)}")
+                             ("mode", SAMPLING_MODES), ("alloc_map", ALLOC_MAPS)):  # fmt: skip
+            value = cfg.get(key, defaults.get(key))
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     digest = cfg.get("weights_sha256")
     if version >= 2 and not (isinstance(digest, str) and len(digest) == 64):
         raise ValueError("weights_sha256 is missing")
@@ -479,5 +483,6 @@ def load_model(
         pred=cfg["pred"],
         mode=cfg.get("mode", "ddim"),
         best_of=int(cfg.get("best_of", 1)),
+        alloc_map=cfg.get("alloc_map", "abs"),
         **common,
     )

@@ -466,6 +466,7 @@ def _scenario_names(incomplete: str) -> list[str]:
 _TC, _RC = settings.TrainConfig, settings.RewardConfig
 TrainMode = Enum("TrainMode", {"expert": "expert", "reward": "reward"}, type=str)
 Arch, Pred, Schedule = (choices(_TC, n) for n in ("arch", "pred", "schedule"))
+Objective, AllocMap = (choices(_RC, n) for n in ("objective", "alloc_map"))
 
 
 @app.command()
@@ -479,13 +480,17 @@ def train(
         typer.Option(
             "--mode",
             help="expert: learn the water-filling labels in --data; reward: learn from the sum "
-            "rate alone through a learned double critic, on fresh draws of --scenario.",
+            "rate alone (no expert), on fresh draws of --scenario.",
         ),
     ] = TrainMode.expert,
     scenario: Annotated[str | None, option(_RC, "scenario", "--scenario", "-s",
                                            autocompletion=_scenario_names)] = None,
+    objective: Annotated[Objective | None, option(_RC, "objective", default=True)] = None,
+    alloc_map: Annotated[AllocMap | None, option(_RC, "alloc_map", "--map",
+                                                 default=True)] = None,
     arch: Annotated[Arch | None, option(_TC, "arch", default=True)] = None,
-    steps: Annotated[int, option(_TC, "steps")] = _TC.steps,
+    steps: Annotated[int | None, option(_TC, "steps", default=f"{_TC.steps}; with --mode "
+                                        f"reward {_RC.steps}")] = None,
     batch: Annotated[int | None, option(_TC, "batch", default=f"{_TC.batch}; with --mode "
                                         f"reward {_RC.batch}")] = None,
     lr: Annotated[float | None, option(_TC, "lr", default=f"{_TC.lr:g}; with --mode "
@@ -512,7 +517,8 @@ def train(
 
     options = {
         "out": str(out), "data": [str(d) for d in datasets or []], "scenario": scenario,
-        "arch": arch, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
+        "objective": objective, "alloc_map": alloc_map, "arch": arch, "steps": steps,
+        "batch": batch, "lr": lr, "seed": seed,
         "init": str(init) if init else None, "resume": resume, "force": force,
         "device": device, "nproc": nproc, "pred": pred, "rate_weight": rate_weight,
         "schedule": schedule, "denoise_steps": denoise_steps, "hidden": hidden,
@@ -520,7 +526,8 @@ def train(
     }  # fmt: skip
     options = {k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
     what = f"train {options['arch'] or _TC.arch}"
-    with report.StepProgress(what, steps, quiet=quiet) as bar:
+    planned = steps or (_RC.steps if mode == TrainMode.reward else _TC.steps)
+    with report.StepProgress(what, planned, quiet=quiet) as bar:
         try:
             result = training.run(mode.value, bar.update, **options)
         except KeyboardInterrupt as exc:

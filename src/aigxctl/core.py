@@ -219,12 +219,13 @@ class _Buf(NamedTuple):
     shape: tuple[int | None, ...]
 
 
-def _launch(entry: str, device: Any, *args: Any) -> None:
+def _launch(entry: str, device: Any, *args: Any, **options: Any) -> None:
     """Call ``_core.<entry>(gpu_index, *args, stream)`` on ``device`` (a CUDA torch.device), on
     PyTorch's current stream there: each :class:`_Buf` in ``args`` is checked by
     :func:`check_tensor` and passed as its data pointer. The core selects the GPU itself (it has
     its own CUDA runtime, which ``torch.cuda.device`` does not reach) and checks each launch;
-    ``AIGX_CUDA_SYNC=1`` makes it wait for the kernel and report what failed there."""
+    ``AIGX_CUDA_SYNC=1`` makes it wait for the kernel and report what failed there.
+    ``options`` go to the entry point by name (after the stream)."""
     import torch
 
     if getattr(device, "type", None) != "cuda":  # every entry point runs where its gains are
@@ -240,7 +241,7 @@ def _launch(entry: str, device: Any, *args: Any) -> None:
 
     values = [value(a) for a in args]
     stream = torch.cuda.current_stream(device).cuda_stream
-    getattr(_core, entry)(device.index, *values, stream)
+    getattr(_core, entry)(device.index, *values, stream, **options)
 
 
 def _floats() -> tuple[Any, Any]:
@@ -475,13 +476,15 @@ def fused_sample(
     noise: np.ndarray | None,
     seed: int,
     mode: int,
+    alloc_map: int = 0,
 ) -> np.ndarray:
     """CPU fused reverse diffusion: raw gains ``[B, M]`` -> allocations float32 ``[B, M]``
     (each row sums to its P). ``noise`` is ``[T+1, B, M]``, or None to draw Philox normals from
     ``seed`` (the same numbers the CUDA kernel draws). The gains (float32, or float64 checked
     before rounding) are validated by the core as it goes, InvalidGains naming the first bad
     one, so callers need not check them first: at B = 1 a check costs as much as the rest of
-    the Python path."""
+    the Python path. ``alloc_map`` is the index of the allocation map in
+    ``settings.ALLOC_MAPS``."""
     g = np.asarray(gains)
     if g.dtype not in (np.float32, np.float64) or not g.flags.c_contiguous:
         g = np.ascontiguousarray(g, dtype=g.dtype if g.dtype == np.float32 else np.float64)
@@ -490,7 +493,8 @@ def fused_sample(
     p = power_budget(total_power, g.shape[0])
     p = np.array((p,)) if isinstance(p, float) else p  # one P for all rows: [1]
     z = None if noise is None else np.ascontiguousarray(noise, dtype=np.float32)
-    power, invalid = _core.fused_sample(pack, m, hidden, steps, pred, g, p, z, int(seed), mode)
+    power, invalid = _core.fused_sample(pack, m, hidden, steps, pred, g, p, z, int(seed), mode,
+                                        alloc_map)
     if invalid:  # the core counts (and NaNs) the rows with an invalid gain
         _refuse_fused_gains(g)
     return power
@@ -523,6 +527,7 @@ def fused_sample_cuda(
     noise: Any,
     seed: int,
     mode: int,
+    alloc_map: int = 0,
 ) -> Any:
     """CUDA fused reverse diffusion on torch tensors: ``gains`` ``[B, M]`` on a GPU, ``pack``
     float32 on the same GPU, on PyTorch's current stream there; ``noise`` (``[T+1, B, M]``,
@@ -546,7 +551,7 @@ def fused_sample_cuda(
             steps, pred, _Buf("gains", g, f32, (rows, m)), rows,
             _Buf("total_power", p, (torch.float64,), (rows,)), rows,
             _Buf("noise", z, f32, (steps + 1, rows, m)), [steps + 1, rows, m], int(seed), mode,
-            _Buf("power", out, f32, (rows, m)))  # fmt: skip
+            _Buf("power", out, f32, (rows, m)), alloc_map=alloc_map)  # fmt: skip
     if bool(torch.isnan(out).any()):  # the kernel flags rows with invalid gains
         check_gains(g.cpu().numpy())
     return out

@@ -14,9 +14,10 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from aigxctl.settings import PREDICTIONS, SAMPLING_MODES, SCHEDULES
+from aigxctl.settings import ALLOC_MAPS, PREDICTIONS, SAMPLING_MODES, SCHEDULES
 
 __all__ = [
+    "ALLOC_MAPS",
     "MODES",
     "PREDICTIONS",
     "SCHEDULES",
@@ -25,6 +26,7 @@ __all__ = [
     "make_betas",
     "rate_regret",
     "sample_reference",
+    "to_allocation",
 ]
 
 MODES = SAMPLING_MODES
@@ -227,17 +229,58 @@ def reverse_process(
     return x
 
 
-def to_allocation(x: Array, total_power: Array | float) -> Array:
-    """p = P |x| / sum |x| per row (a row whose |x| sums to 0 or NaN gets the equal split):
-    always feasible. The one definition of this map, for NumPy arrays and torch tensors
-    alike (the environment's action maps use it too); the compiled core's ``to_allocation``
-    (csrc/denoise.h) is tested against it."""
-    where = torch.where if isinstance(x, torch.Tensor) else np.where
-    a = abs(x)
-    s = a.sum(-1, keepdims=True)
-    ok = s > 0
-    # The inner where keeps 0 / 0 out of the division (a NumPy warning, a NaN gradient).
-    frac = where(ok, a / where(ok, s, 1), 1 / x.shape[-1])
+def to_allocation(x: Array, total_power: Array | float, alloc_map: str = "abs") -> Array:
+    """The sample ``x [..., M]`` -> feasible powers (each row adds up to P), by the allocation
+    map ``alloc_map`` (one of ``ALLOC_MAPS``):
+
+    - ``abs``: p = P |x| / sum |x| (the paper's; never exactly zero);
+    - ``simplex``: p = P proj(x), the Euclidean projection of x onto the probability simplex
+      {f >= 0, sum f = 1}: f = max(x - theta, 0) with the threshold theta that makes it add up
+      to 1 (a water-filling-like level; exact zeros, differentiable almost everywhere);
+    - ``relu``: p = P relu(x) / sum relu(x).
+
+    A row the map cannot place (|x| or relu(x) summing to 0, a NaN) gets the equal split. The one
+    definition of these maps, for NumPy arrays and torch tensors alike (the environment's action
+    maps use it too); the compiled core's ``to_allocation`` (csrc/denoise.h) is tested against
+    it."""
+    if alloc_map == "simplex":
+        frac = _simplex_projection(x)
+    elif alloc_map in ("abs", "relu"):
+        where = torch.where if isinstance(x, torch.Tensor) else np.where
+        a = abs(x) if alloc_map == "abs" else where(x > 0, x, 0 * x)
+        s = a.sum(-1, keepdims=True)
+        ok = s > 0
+        # The inner where keeps 0 / 0 out of the division (a NumPy warning, a NaN gradient).
+        frac = where(ok, a / where(ok, s, 1), 1 / x.shape[-1])
+    else:
+        raise ValueError(f"unknown allocation map {alloc_map!r}; choose from "
+                         f"{', '.join(ALLOC_MAPS)}")  # fmt: skip
     if getattr(total_power, "ndim", 0) == 1:
         total_power = total_power[:, None]
     return frac * total_power
+
+
+def _simplex_projection(x: Array) -> Array:
+    """argmin_f ||f - x|| over {f >= 0, sum f = 1}, per row, by sorting (Held et al. 1974;
+    Duchi et al. 2008): with u sorted descending, the active set is the longest prefix with
+    u_k > (sum_{j<=k} u_j - 1) / k, and theta is that prefix's (sum - 1) / size. Rows that are not
+    finite get the equal split."""
+    m = x.shape[-1]
+    if isinstance(x, torch.Tensor):
+        u = torch.sort(x, dim=-1, descending=True).values
+        css = torch.cumsum(u, dim=-1) - 1
+        k = torch.arange(1, m + 1, dtype=x.dtype, device=x.device)
+        rho = (u - css / k > 0).sum(dim=-1, keepdim=True).clamp_min(1)
+        theta = torch.gather(css, -1, rho - 1) / rho.to(x.dtype)
+        f = torch.clamp(x - theta, min=0)
+        ok = torch.isfinite(x).all(dim=-1, keepdim=True)
+        return torch.where(ok, f, torch.full_like(f, 1 / m))
+    u = -np.sort(-x, axis=-1)
+    css = np.cumsum(u, axis=-1) - 1
+    k = np.arange(1, m + 1, dtype=x.dtype)
+    with np.errstate(invalid="ignore"):
+        rho = np.maximum((u - css / k > 0).sum(axis=-1, keepdims=True), 1)
+        theta = np.take_along_axis(css, rho - 1, axis=-1) / rho
+        f = np.maximum(x - theta, 0)
+    ok = np.isfinite(x).all(axis=-1, keepdims=True)
+    return np.where(ok, f, np.asarray(1 / m, dtype=f.dtype))

@@ -43,19 +43,17 @@ def action_to_power(action: np.ndarray, total_power: float, mapping: str = "soft
     from aigxctl.diffusion import to_allocation
 
     a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+    if mapping in ("relu", "abs"):  # the GDM's allocation maps of the same names
+        return to_allocation(a, total_power, mapping)
     if mapping == "softmax":
         z = SOFTMAX_SCALE * a
         w = np.exp(z - z.max(axis=-1, keepdims=True))
-    elif mapping == "relu":
-        w = np.maximum(a, 0.0)
-    elif mapping == "abs":
-        w = a
     elif mapping == "linear":
         w = a + 1.0
     else:
         raise UserError(f"unknown action mapping {mapping!r}; choose from {', '.join(ACTION_MAPS)}")
-    # Every w but abs's is >= 0, so P |w| / sum |w| is P w / sum w; a row with no weight at all
-    # (possible for relu/abs/linear) gets the equal split.
+    # w >= 0, so P |w| / sum |w| is P w / sum w; a row with no weight at all (possible for
+    # linear, and for relu/abs above) gets the equal split.
     return to_allocation(w, total_power)
 
 

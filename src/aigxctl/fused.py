@@ -18,10 +18,13 @@ from typing import Any
 import numpy as np
 
 from aigxctl import core
+from aigxctl.settings import ALLOC_MAPS
 
 __all__ = ["FusedSampler", "pack_denoiser", "step_constants", "supports"]
 
 PRED_CODES = {"eps": 0, "x0": 1}
+# AllocMap (csrc/denoise.h): the index of each name in settings.ALLOC_MAPS.
+MAP_CODES = {name: i for i, name in enumerate(ALLOC_MAPS)}
 MODE_CODES = {"ancestral": 0, "ddim": 1}
 
 
@@ -119,6 +122,7 @@ class FusedSampler:
     hidden: int
     steps: int
     pred: str
+    alloc_map: str = "abs"
     _device_pack: Any = None
 
     @classmethod
@@ -129,11 +133,14 @@ class FusedSampler:
         cond_mean: np.ndarray,
         cond_std: np.ndarray,
         pred: str,
+        alloc_map: str = "abs",
     ) -> FusedSampler:
         if pred not in PRED_CODES:
             raise ValueError(f"pred must be one of {sorted(PRED_CODES)}, got {pred!r}")
+        if alloc_map not in MAP_CODES:
+            raise ValueError(f"alloc_map must be one of {', '.join(MAP_CODES)}, got {alloc_map!r}")
         pack, dims = pack_denoiser(denoiser, betas, cond_mean, cond_std)
-        return cls(pack=pack, pred=pred, **dims)
+        return cls(pack=pack, pred=pred, alloc_map=alloc_map, **dims)
 
     def sample(
         self,
@@ -158,14 +165,14 @@ class FusedSampler:
                 self._device_pack = torch.from_numpy(self.pack).to(gains.device)
             return core.fused_sample_cuda(
                 self._device_pack, self.m, self.hidden, self.steps, PRED_CODES[self.pred],
-                gains, total_power, noise, seed, MODE_CODES[mode],
+                gains, total_power, noise, seed, MODE_CODES[mode], MAP_CODES[self.alloc_map],
             )  # fmt: skip
         g = gains.detach().cpu().numpy() if core.is_torch(gains) else gains
         if core.is_torch(noise):
             noise = noise.detach().cpu().numpy()
         power = core.fused_sample(
             self.pack, self.m, self.hidden, self.steps, PRED_CODES[self.pred],
-            g, total_power, noise, seed, MODE_CODES[mode],
+            g, total_power, noise, seed, MODE_CODES[mode], MAP_CODES[self.alloc_map],
         )  # fmt: skip
         if core.is_torch(gains):
             import torch

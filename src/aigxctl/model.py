@@ -168,6 +168,7 @@ class GDM:
     config: dict[str, Any] = field(default_factory=dict)
     mode: str = "ddim"
     best_of: int = 1
+    alloc_map: str = "abs"  # settings.ALLOC_MAPS: how the final sample becomes powers
     _fused: Any = None
     _fused_reason: str | None = None
     # One parameter of the denoiser, telling where its weights are (weights_device); not an
@@ -221,7 +222,8 @@ class GDM:
             reason = fused.supports(self.denoiser)
             if reason is None:
                 self._fused = fused.FusedSampler.from_denoiser(
-                    self.denoiser, self.schedule.betas, self.cond_mean, self.cond_std, self.pred
+                    self.denoiser, self.schedule.betas, self.cond_mean, self.cond_std, self.pred,
+                    self.alloc_map,
                 )
             self._fused_reason = reason
         return self._fused
@@ -255,7 +257,9 @@ class GDM:
             pred=self.pred,
             mode=mode,
         )
-        p = to_allocation(x, torch.as_tensor(total_power, dtype=torch.float32, device=dev))
+        p = to_allocation(
+            x, torch.as_tensor(total_power, dtype=torch.float32, device=dev), self.alloc_map
+        )
         return p.to(gains.device) if core.is_torch(gains) else p.cpu().numpy()
 
     def _sample(self, which: str, gk: Any, pk: Any, mode: str, seed: int) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 from aigxctl.errors import UserError
 
 __all__ = [
+    "ALLOC_MAPS",
     "ARCHS",
     "DEVICES",
     "MAX_BATCH",
@@ -23,6 +24,7 @@ __all__ = [
     "MAX_STEPS",
     "MAX_T_DIM",
     "PREDICTIONS",
+    "REWARD_OBJECTIVES",
     "SAMPLING_MODES",
     "SCHEDULES",
     "RewardConfig",
@@ -74,6 +76,11 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 SCHEDULES = ("vp", "linear", "cosine")
 PREDICTIONS = ("x0", "eps")
 SAMPLING_MODES = ("ddim", "ancestral")
+# How a model's final sample x becomes powers (aigxctl.diffusion.to_allocation; csrc/denoise.h):
+# abs P|x|/sum|x| (the paper's), simplex the Euclidean projection of x onto the probability
+# simplex times P, relu P relu(x)/sum relu(x). The last two can switch a channel off exactly.
+ALLOC_MAPS = ("abs", "simplex", "relu")
+REWARD_OBJECTIVES = ("rate", "critic")
 
 
 def _choices(choices: tuple[str, ...]) -> str:
@@ -186,16 +193,29 @@ class RewardConfig(RunSettings):
     """Settings of ``aigxctl train --mode reward``."""
 
     scenario: str = setting(help="Where to draw the gains: a built-in name or a TOML file.")
+    # Fresh draws make every step new data; 1000 steps reach 99.9 % on T1 and at T3 (README).
+    steps: int = setting(1000, "Optimizer steps.", low=1, high=MAX_STEPS)
+    objective: str = setting("rate", "With --mode reward, what the policy climbs: rate, the "
+                             "known sum rate itself, back-propagated through the deterministic "
+                             "DDIM decision; critic, a learned double critic only (for a reward "
+                             "one cannot differentiate).", choices=REWARD_OBJECTIVES)  # fmt: skip
+    alloc_map: str = setting("simplex", "With --mode reward, how the final sample becomes "
+                             "powers: abs P|x|/sum|x| (the paper's), simplex (the projection onto "
+                             "the scaled simplex) or relu; simplex and relu can switch channels "
+                             "off.", choices=ALLOC_MAPS, flag="--map")  # fmt: skip
     batch: int = setting(256, "Fresh draws per step.", low=1, high=MAX_BATCH)
-    lr: float = setting(1e-3, "Learning rate of the policy (AdamW).", above=0.0, high=MAX_LR)
+    lr: float = setting(1e-3, "Learning rate of the policy (AdamW; with --objective rate it "
+                        "decays on a cosine to 0).", above=0.0, high=MAX_LR)  # fmt: skip
     critic_lr: float = setting(2e-3, "Learning rate of the critics.", above=0.0, high=MAX_LR,
                                flag="critic_lr")  # fmt: skip
     exploration: float = setting(0.05, "Std of the noise added to the fraction the critics "
-                                 "see.", low=0.0, flag="exploration")  # fmt: skip
+                                 "see (--objective critic).", low=0.0,
+                                 flag="exploration")  # fmt: skip
     # Fresh critics next to a trained policy give it meaningless gradients, so fine-tuning lets
     # them catch up first.
-    critic_warmup: int | None = setting(None, "Steps in which only the critics learn; default "
-                                        "min(200, steps / 5) with --init, else 0.", low=0,
+    critic_warmup: int | None = setting(None, "Steps in which only the critics learn "
+                                        "(--objective critic); default min(200, steps / 5) "
+                                        "with --init, else 0.", low=0,
                                         flag="critic_warmup")  # fmt: skip
 
     def check(self) -> None:

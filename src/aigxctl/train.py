@@ -216,7 +216,10 @@ def run(mode: str = "expert", progress: Progress | None = None, **options: Any) 
     for key in given:
         if key not in {f.name for f in fields(cls)}:
             other = [m for m, (c, _) in routes.items() if key in {f.name for f in fields(c)}]
-            raise UserError(f"--{key.replace('_', '-')} does not apply to --mode {mode}"
+            flag = next((f.metadata.get("flag") for c, _ in routes.values() for f in fields(c)
+                         if f.name == key and (f.metadata.get("flag") or "").startswith("--")),
+                        None) or f"--{key.replace('_', '-')}"  # fmt: skip
+            raise UserError(f"{flag} does not apply to --mode {mode}"
                             + (f" (it is for --mode {other[0]})" if other else ""))  # fmt: skip
     for f in fields(cls):
         if f.default is MISSING and f.default_factory is MISSING and f.name not in given:
