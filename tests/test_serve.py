@@ -210,6 +210,19 @@ def test_every_input_line_gets_one_output_line_in_order(fake):
                                    rtol=1e-8)  # fmt: skip
 
 
+def test_input_rows_follow_allocates_csv_rules(fake, capsys):
+    # The same delimiter detection and number syntax as `allocate --gains` (files.py).
+    data = b"1;2;3\n4;1_000;6\n2;2;2\n"
+    out = _Lines()
+    cfg = ServeConfig(batch=4, max_wait_ms=1.0, audit=0.0, model="m")
+    with pytest.raises(UserError, match="1 input line"):
+        serve.run(cfg, stdin=io.BytesIO(data), stdout=out)
+    got = out.getvalue().split("\n")[:-1]
+    assert got[1] == "nan,nan,nan"
+    np.testing.assert_allclose([float(v) for v in got[0].split(",")], [0.2 / 6, 0.4 / 6, 0.1])
+    assert "row 2, column 2: '1_000' is not a number" in capsys.readouterr().err
+
+
 def test_a_slow_producer_gets_answers_within_max_wait(fake):
     r, w = os.pipe()
     reader = os.fdopen(r, "rb")

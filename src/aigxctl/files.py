@@ -54,7 +54,7 @@ MAX_VALUES = 1 << 28
 _BLOCK_VALUES = 1 << 16  # numbers parsed into one float64 block before the next is started
 
 
-def _number(field: str) -> float:
+def parse_number(field: str) -> float:
     """A CSV field as a number. Python's float() also takes digit grouping ("1_000"), which no
     CSV writer produces and which is more likely a damaged field: refused like any other."""
     if "_" in field:
@@ -62,9 +62,9 @@ def _number(field: str) -> float:
     return float(field)
 
 
-def _is_number(field: str) -> bool:
+def is_number(field: str) -> bool:
     try:
-        _number(field)
+        parse_number(field)
     except ValueError:
         return False
     return True
@@ -111,13 +111,16 @@ def _delimited(lines: Iterator[str]) -> tuple[Iterator[str], str]:
         first.append(line)
         if line.strip():
             break
-    head = first[-1] if first else ""
-    delimiter = ","
-    if "," not in head:
-        found = [d for d in (";", "\t") if d in head]
-        if len(found) == 1:
-            delimiter = found[0]
-    return itertools.chain(first, lines), delimiter
+    return itertools.chain(first, lines), delimiter_of(first[-1] if first else "")
+
+
+def delimiter_of(line: str) -> str:
+    """The delimiter of a CSV whose first non-blank line is ``line``: a comma, or ``;`` or a
+    tab when the line has exactly one of those and no comma."""
+    if "," in line:
+        return ","
+    found = [d for d in (";", "\t") if d in line]
+    return found[0] if len(found) == 1 else ","
 
 
 class _Columns:
@@ -141,7 +144,7 @@ class _Columns:
                     f"limit of {MAX_COLUMNS:,}"
                 )
             self.width = len(fields)
-            if not any(_is_number(f) for f in fields):
+            if not any(is_number(f) for f in fields):
                 self.header = fields
                 return None
         if len(fields) != self.width:
@@ -157,7 +160,7 @@ def _row_numbers(fields: list[str], name: str, line_no: int) -> list[float]:
     values = []
     for col, field in enumerate(fields, start=1):
         try:
-            values.append(_number(field))
+            values.append(parse_number(field))
         except ValueError:
             shown = repr(field) if field else "an empty field"
             raise UserError(

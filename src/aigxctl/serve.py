@@ -179,14 +179,11 @@ class _StdinSource:
         if not text:
             return "blank", None, line_no
         if self.delimiter is None:
-            self.delimiter = ","
-            if "," not in text:
-                found = [d for d in (";", "\t") if d in text]
-                self.delimiter = found[0] if len(found) == 1 else ","
+            self.delimiter = files.delimiter_of(text)
         fields = [f.strip() for f in next(csv.reader([text], delimiter=self.delimiter))]
         if self.columns is None:
             self.width = len(fields)
-            if not any(_is_number(f) for f in fields):
+            if not any(files.is_number(f) for f in fields):
                 self.columns = files.gain_columns(fields, len(fields), self.name)
                 if len(self.columns) != self.m:
                     raise UserError(f"{self.name}: the header names {len(self.columns)} gain "
@@ -200,7 +197,7 @@ class _StdinSource:
         values = []
         for col in self.columns:
             try:
-                v = float(fields[col])
+                v = files.parse_number(fields[col])
             except ValueError:
                 shown = repr(fields[col]) if fields[col] else "an empty field"
                 return "bad", f"{self.name}: row {line_no}, column {col + 1}: {shown} is not a " \
@@ -278,14 +275,6 @@ def _raw_lines(stream: BinaryIO) -> Iterator[bytes]:
             raise UserError(f"<stdin>: a line longer than {files.MAX_LINE_BYTES:,} bytes")
     if pending:
         yield pending
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 # ---- the model being served, and its replacement ----------------------------------------------
