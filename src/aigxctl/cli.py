@@ -346,20 +346,21 @@ class DataFormat(str, Enum):
     csv = "csv"
 
 
-def _collect_target(
-    out: Path | None, fmt: DataFormat | None
-) -> tuple[Path, DataFormat | None, str]:
-    """(path to write, format, name to show): ``-`` or no --out with --format csv is a CSV on
-    standard output; an npz (binary) there is refused."""
+STDOUT = Path("/dev/stdout")
+
+
+def _collect_target(out: Path | None, fmt: DataFormat | None) -> tuple[Path, DataFormat | None]:
+    """(path to write, format): ``-`` or no --out with --format csv is a CSV on standard output
+    (:data:`STDOUT`); an npz (binary) there is refused."""
     if out is not None and str(out) != "-":
-        return out, fmt, str(out)
+        return out, fmt
     if fmt is DataFormat.npz:
         raise UserError("--format npz is binary and needs a file: give --out FILE, or use "
                         "--format csv to write to standard output")  # fmt: skip
     if out is None and fmt is None:
         raise UserError("--out FILE is needed (or --format csv / --out - for a CSV on standard "
                         "output)")  # fmt: skip
-    return Path("/dev/stdout"), DataFormat.csv, "<stdout>"
+    return STDOUT, DataFormat.csv
 
 
 @app.command()
@@ -410,8 +411,9 @@ def collect(
         raise UserError(f"--seed must be >= 0, got {seed}")
     if total_power is not None:
         core.check_level("--total-power", total_power)
-    out, fmt, shown = _collect_target(out, fmt)
-    force = force or shown == "<stdout>"  # a pipe or a terminal: nothing there to keep
+    out, fmt = _collect_target(out, fmt)
+    to_stdout = out is STDOUT
+    force = force or to_stdout  # a pipe or a terminal: nothing there to keep
     s = scenarios.get(scenario)
     start = time.perf_counter()
     with report.StepProgress(f"collect {s.name}", samples, quiet=quiet or samples < 200_000) as bar:
@@ -423,9 +425,10 @@ def collect(
                 if info["equal_rate"] > 0 else "")  # fmt: skip
     kind = "csv" if (fmt is DataFormat.csv or (fmt is None and out.suffix.lower() == ".csv")) \
         else "npz"
+    shown = "<stdout>" if to_stdout else escape(str(out))
     report.err.print(
         f"[green]✓[/] {samples:,} samples of {escape(s.name)} (M={s.m}, "
-        f"P={info['total_power']:g}, seed {seed}) -> {escape(shown)} ({kind}) in "
+        f"P={info['total_power']:g}, seed {seed}) -> {shown} ({kind}) in "
         f"{time.perf_counter() - start:.2f} s; expert mean sum rate "
         f"{info['expert_rate']:.4f} bit/s/Hz{vs_equal}"
     )
