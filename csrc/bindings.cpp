@@ -17,6 +17,7 @@
 
 #include <pybind11/stl.h>
 
+#include "cpu_pack.h"
 #include "denoise.h"  // normal4, PackLayout
 #include "fp_mode.h"
 #include "isa.h"
@@ -95,19 +96,17 @@ CArray<float> float_gains(const CArray<double>& gains) {
 }
 
 template <typename G>
-std::pair<CArray<float>, int64_t> fused_sample(CArray<float> pack, int m, int hidden, int steps,
-                                               int pred, CArray<G> gains_in,
-                                               CArray<double> total_power,
+std::pair<CArray<float>, int64_t> fused_sample(const aigx::CpuPack& pack, int pred,
+                                               CArray<G> gains_in, CArray<double> total_power,
                                                std::optional<CArray<float>> noise, uint64_t seed,
                                                int mode, int alloc_map) {
   require_2d(gains_in, "gains");
   const CArray<float> gains = float_gains(gains_in);
   check_mode(mode);
   const int64_t rows = gains.shape(0);
-  const auto spec = make_spec(m, hidden, steps, pred, rows, alloc_map);
+  const int m = pack.m, steps = pack.steps;
+  const auto spec = make_spec(m, pack.hidden, steps, pred, rows, alloc_map);
   if (gains.shape(1) != m) throw std::invalid_argument("gains must have M columns");
-  if (pack.size() != aigx::pack_layout(m, hidden, steps).total)
-    throw std::invalid_argument("pack has the wrong size for (m, hidden, steps)");
   const bool per_row = total_power.size() != 1;
   if (per_row && total_power.size() != rows)
     throw std::invalid_argument("total_power must hold 1 or rows values");
@@ -122,7 +121,7 @@ std::pair<CArray<float>, int64_t> fused_sample(CArray<float> pack, int m, int hi
   int64_t invalid = 0;
   {
     py::gil_scoped_release release;
-    invalid = aigx::fused_sample_cpu(spec, pack.data(), gains.data(), total_power.data(),
+    invalid = aigx::fused_sample_cpu(spec, pack, gains.data(), total_power.data(),
                                      per_row, z, seed, mode, power.mutable_data());
   }
   return {power, invalid};
@@ -230,12 +229,30 @@ PYBIND11_MODULE(_core, m) {
       py::arg("m"), py::arg("hidden"), py::arg("steps"),
       "Offsets (in floats) of each tensor in a packed fused-sampler buffer, and its total size.");
   // float64 first: what the model API passes (an overload that does not match costs ~0.5 us).
-  m.def("fused_sample", &fused_sample<double>, py::arg("pack"), py::arg("m"), py::arg("hidden"),
-        py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("total_power"),
-        py::arg("noise"), py::arg("seed"), py::arg("mode"), py::arg("alloc_map") = 0);
-  m.def("fused_sample", &fused_sample<float>, py::arg("pack"), py::arg("m"), py::arg("hidden"),
-        py::arg("steps"), py::arg("pred"), py::arg("gains"), py::arg("total_power"),
-        py::arg("noise"), py::arg("seed"), py::arg("mode"), py::arg("alloc_map") = 0,
+  py::class_<aigx::CpuPack, std::shared_ptr<aigx::CpuPack>>(
+      m, "CpuPack",
+      "A packed denoiser laid out for the CPU sampler's kernels (f32, or bf16 weights), built "
+      "once per model.")
+      .def(py::init([](CArray<float> pack, int m_, int hidden, int steps, int precision) {
+             make_spec(m_, hidden, steps, 0, 0, 0);
+             if (precision != aigx::kF32 && precision != aigx::kBf16)
+               throw std::invalid_argument("precision must be 0 (f32) or 1 (bf16)");
+             if (pack.ndim() != 1 || pack.size() != aigx::pack_layout(m_, hidden, steps).total)
+               throw std::invalid_argument("pack has the wrong size for (m, hidden, steps)");
+             return aigx::make_cpu_pack(pack.data(), m_, hidden, steps, precision);
+           }),
+           py::arg("pack"), py::arg("m"), py::arg("hidden"), py::arg("steps"),
+           py::arg("precision") = 0)
+      .def_readonly("m", &aigx::CpuPack::m)
+      .def_readonly("hidden", &aigx::CpuPack::hidden)
+      .def_readonly("steps", &aigx::CpuPack::steps)
+      .def_readonly("precision", &aigx::CpuPack::precision);
+  m.def("fused_sample", &fused_sample<double>, py::arg("pack"), py::arg("pred"),
+        py::arg("gains"), py::arg("total_power"), py::arg("noise"), py::arg("seed"),
+        py::arg("mode"), py::arg("alloc_map") = 0);
+  m.def("fused_sample", &fused_sample<float>, py::arg("pack"), py::arg("pred"),
+        py::arg("gains"), py::arg("total_power"), py::arg("noise"), py::arg("seed"),
+        py::arg("mode"), py::arg("alloc_map") = 0,
         "Fused reverse diffusion on the CPU: raw gains [B, M] float32 or float64 -> (allocations "
         "[B, M] float32, the number of rows with an invalid gain, whose allocations are NaN).");
   m.def(

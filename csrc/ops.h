@@ -43,9 +43,11 @@ struct FusedSpec {
   int alloc_map = 0;  // AllocMap (denoise.h)
 };
 
+struct CpuPack;  // cpu_pack.h
+
 // Returns how many rows held a NaN, infinite or negative gain (their powers are NaN), so the
-// caller looks for the culprit only when there is one.
-int64_t fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
+// caller looks for the culprit only when there is one. `pack` comes from make_cpu_pack.
+int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float* gains,
                          const double* total_power, bool per_row_power, const float* noise,
                          uint64_t seed, int mode, float* power);
 // Same, all pointers on GPU `device`, launched on `stream`.

@@ -8,8 +8,11 @@
 // call. The network runs with subnormals flushed (fp_mode.h) on every thread that runs a tile.
 #include <algorithm>
 #include <atomic>
+#include <cstring>
+#include <new>
 #include <vector>
 
+#include "cpu_pack.h"
 #include "denoise.h"
 #include "fp_mode.h"
 #include "isa.h"
@@ -35,6 +38,16 @@ struct Scratch {
     h.assign(mh, 0.f); u.assign(mh, 0.f); a1.assign(mh, 0.f); a2.assign(mh, 0.f);
   }
 };
+
+// A weight matrix as the kernels read it: W[k, n] at w[k * ld + n].
+struct Weights {
+  const float* w;
+  int ld;
+};
+
+Weights weights(const CpuPack& p, const PackedMatrix& w) {
+  return {p.weights.get() + w.offset, w.ld};
+}
 
 #define AIGX_K_NS k_baseline
 #define AIGX_K_TARGET
@@ -62,7 +75,7 @@ struct Scratch {
 #undef AIGX_K_LEVEL
 #endif
 
-using TileFn = int (*)(const FusedSpec&, const float*, const float*, int64_t, int, const double*,
+using TileFn = int (*)(const FusedSpec&, const CpuPack&, const float*, int64_t, int, const double*,
                        bool, const float*, uint64_t, int, float*, Scratch&);
 
 TileFn tile_function() {
@@ -76,9 +89,56 @@ TileFn tile_function() {
   return &k_baseline::sample_tile;
 }
 
+template <typename T>
+std::unique_ptr<T[], void (*)(void*)> aligned_array(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(T) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return {static_cast<T*>(p), std::free};
+}
+
 }  // namespace
 
-int64_t fused_sample_cpu(const FusedSpec& spec, const float* pack, const float* gains,
+std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int steps,
+                                       int precision) {
+  auto p = std::make_shared<CpuPack>();
+  p->m = m;
+  p->hidden = hidden;
+  p->steps = steps;
+  p->precision = precision;
+  p->layout = pack_layout(m, hidden, steps);
+  const PackLayout& l = p->layout;
+  p->pack.assign(pack, pack + l.total);
+  int64_t size = 0;
+  auto place = [&](PackedMatrix& w, int k, int n) {
+    w.k = k;
+    w.n = n;
+    w.ld = (n + 15) / 16 * 16 + 16;
+    w.offset = size;
+    size += static_cast<int64_t>(k) * w.ld;
+  };
+  place(p->w_c1, m, hidden);
+  place(p->w_cc, hidden, hidden);
+  place(p->w_x, m, hidden);
+  place(p->w_2, hidden, hidden);
+  place(p->w_3, hidden, l.m_pad);
+  p->weights = aligned_array<float>(size);
+  auto copy = [&](const PackedMatrix& w, int64_t from) {
+    for (int k = 0; k < w.k; ++k)
+      std::copy(pack + from + static_cast<int64_t>(k) * w.n,
+                pack + from + static_cast<int64_t>(k + 1) * w.n,
+                p->weights.get() + w.offset + static_cast<int64_t>(k) * w.ld);
+  };
+  copy(p->w_c1, l.w_c1);
+  copy(p->w_cc, l.w_cc);
+  copy(p->w_x, l.w_x);
+  copy(p->w_2, l.w_2);
+  copy(p->w_3, l.w_3);
+  return p;
+}
+
+int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float* gains,
                          const double* total_power, bool per_row_power, const float* noise,
                          uint64_t seed, int mode, float* power) {
   const int64_t tiles = (spec.rows_total + kTile - 1) / kTile;

@@ -45,12 +45,12 @@ def pack():
     consts = fused.step_constants(BETAS).ravel()
     pack[layout["consts"] : layout["consts"] + consts.size] = consts
     pack[layout["cond_std"] : layout["cond_std"] + M] = 1.0
-    return pack
+    return core.cpu_pack(pack, M, HIDDEN, STEPS)
 
 
 def sample(pack, gains):
     g = gains.astype(np.float32)
-    return core.fused_sample(pack, M, HIDDEN, STEPS, 0, g, 1.0, None, 7, 0)
+    return core.fused_sample(pack, 0, g, 1.0, None, 7, 0)
 
 
 def _child(conn, fn, args):

@@ -151,7 +151,7 @@ def test_caller_floating_point_mode_is_restored(level):
     assert core.fp_mode() == before
     # After a call that fails, in the bindings and in Python's validation after the core.
     with pytest.raises(ValueError):
-        _core.fused_sample(sampler.pack, 20, 64, 6, 0, gains.astype(np.float32)[:, :5],
+        _core.fused_sample(sampler.cpu_pack(), 0, gains.astype(np.float32)[:, :5],
                            np.array([0.2]), None, 0, 0)  # fmt: skip
     bad = gains.copy()
     bad[3, 4] = np.nan

@@ -28,6 +28,7 @@ __all__ = [
     "check_gains",
     "check_level",
     "check_tensor",
+    "cpu_pack",
     "fp_mode",
     "fused_sample",
     "fused_sample_cuda",
@@ -465,11 +466,21 @@ def power_rows(total_power: Any, rows: int) -> np.ndarray:
     return np.full(rows, p) if isinstance(p, float) else p
 
 
+PRECISIONS = ("f32", "bf16")  # the CPU sampler's weight precisions, in the core's order
+
+
+def cpu_pack(pack: np.ndarray, m: int, hidden: int, steps: int, precision: str = "f32") -> Any:
+    """The CPU sampler's copy of ``pack`` (``pack_layout(m, hidden, steps)``), its weights laid
+    out for the kernels in ``precision`` (f32, or bf16: weights and activations rounded to
+    bfloat16 for the matrix products, sums in f32). Build it once per model."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    flat = np.ascontiguousarray(pack, dtype=np.float32)
+    return _core.CpuPack(flat, m, hidden, steps, PRECISIONS.index(precision))
+
+
 def fused_sample(
-    pack: np.ndarray,
-    m: int,
-    hidden: int,
-    steps: int,
+    pack: Any,
     pred: int,
     gains: np.ndarray,
     total_power: Any,
@@ -478,13 +489,14 @@ def fused_sample(
     mode: int,
     alloc_map: int = 0,
 ) -> np.ndarray:
-    """CPU fused reverse diffusion: raw gains ``[B, M]`` -> allocations float32 ``[B, M]``
-    (each row sums to its P). ``noise`` is ``[T+1, B, M]``, or None to draw Philox normals from
-    ``seed`` (the same numbers the CUDA kernel draws). The gains (float32, or float64 checked
-    before rounding) are validated by the core as it goes, InvalidGains naming the first bad
-    one, so callers need not check them first: at B = 1 a check costs as much as the rest of
-    the Python path. ``alloc_map`` is the index of the allocation map in
+    """CPU fused reverse diffusion over a :func:`cpu_pack`: raw gains ``[B, M]`` -> allocations
+    float32 ``[B, M]`` (each row sums to its P). ``noise`` is ``[T+1, B, M]``, or None to draw
+    Philox normals from ``seed`` (the same numbers the CUDA kernel draws). The gains (float32,
+    or float64 checked before rounding) are validated by the core as it goes, InvalidGains
+    naming the first bad one, so callers need not check them first: at B = 1 a check costs as
+    much as the rest of the Python path. ``alloc_map`` is the index of the allocation map in
     ``settings.ALLOC_MAPS``."""
+    m = pack.m
     g = np.asarray(gains)
     if g.dtype not in (np.float32, np.float64) or not g.flags.c_contiguous:
         g = np.ascontiguousarray(g, dtype=g.dtype if g.dtype == np.float32 else np.float64)
@@ -493,8 +505,7 @@ def fused_sample(
     p = power_budget(total_power, g.shape[0])
     p = np.array((p,)) if isinstance(p, float) else p  # one P for all rows: [1]
     z = None if noise is None else np.ascontiguousarray(noise, dtype=np.float32)
-    power, invalid = _core.fused_sample(pack, m, hidden, steps, pred, g, p, z, int(seed), mode,
-                                        alloc_map)
+    power, invalid = _core.fused_sample(pack, pred, g, p, z, int(seed), mode, alloc_map)
     if invalid:  # the core counts (and NaNs) the rows with an invalid gain
         _refuse_fused_gains(g)
     return power

@@ -12,7 +12,7 @@ result equals :func:`aigxctl.diffusion.sample_reference` given the same noise (t
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,7 @@ class FusedSampler:
     pred: str
     alloc_map: str = "abs"
     _device_pack: Any = None
+    _cpu_packs: dict = field(default_factory=dict)  # precision -> core.cpu_pack
 
     @classmethod
     def from_denoiser(
@@ -142,6 +143,14 @@ class FusedSampler:
         pack, dims = pack_denoiser(denoiser, betas, cond_mean, cond_std)
         return cls(pack=pack, pred=pred, alloc_map=alloc_map, **dims)
 
+    def cpu_pack(self, precision: str = "f32") -> Any:
+        """The core's CPU copy of the pack in ``precision``, built on first use."""
+        if precision not in self._cpu_packs:
+            self._cpu_packs[precision] = core.cpu_pack(
+                self.pack, self.m, self.hidden, self.steps, precision
+            )
+        return self._cpu_packs[precision]
+
     def sample(
         self,
         gains: Any,
@@ -150,17 +159,21 @@ class FusedSampler:
         mode: str = "ancestral",
         noise: Any = None,
         seed: int = 0,
+        precision: str = "f32",
     ) -> Any:
         """Allocations ``[B, M]`` for raw gains ``[B, M]`` (NumPy or torch; CUDA tensors run on
         the GPU). ``noise`` is ``[T+1, B, M]`` (start sample, then one slot per step); without it
         the core draws Philox normals from ``seed``, the same normals on the CPU and the GPU.
         The CPU and the GPU run the same math (aigx_hd.h), equal within 1e-5, not bit for bit:
-        their exp and Mish differ in the last bits."""
+        their exp and Mish differ in the last bits. ``precision`` "bf16" (CPU only) rounds the
+        weights and activations of the matrix products to bfloat16."""
         if mode not in MODE_CODES:
             raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {mode!r}")
         if core.is_cuda_tensor(gains):
             import torch
 
+            if precision != "f32":
+                raise core.UserError(f"precision {precision} runs on the CPU only (here: CUDA)")
             if self._device_pack is None or self._device_pack.device != gains.device:
                 self._device_pack = torch.from_numpy(self.pack).to(gains.device)
             return core.fused_sample_cuda(
@@ -171,8 +184,8 @@ class FusedSampler:
         if core.is_torch(noise):
             noise = noise.detach().cpu().numpy()
         power = core.fused_sample(
-            self.pack, self.m, self.hidden, self.steps, PRED_CODES[self.pred],
-            g, total_power, noise, seed, MODE_CODES[mode], MAP_CODES[self.alloc_map],
+            self.cpu_pack(precision), PRED_CODES[self.pred], g, total_power, noise, seed,
+            MODE_CODES[mode], MAP_CODES[self.alloc_map],
         )  # fmt: skip
         if core.is_torch(gains):
             import torch

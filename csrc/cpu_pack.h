@@ -1,0 +1,46 @@
+// The fused CPU sampler's copy of a packed denoiser (PackLayout, denoise.h), built once per model
+// by make_cpu_pack and read by every call. The vectors (condition statistics, biases, step
+// constants) are read from the pack as it is; the five weight matrices are laid out again for
+// the CPU kernels:
+//   f32:  W[k, n] at rows of `ld` floats, ld = N rounded up to 16 plus 16, so that a row starts
+//         on a cache line and consecutive rows fall in different L1 sets (a stride of a multiple
+//         of 4 KiB / 4 maps a column slice onto 4 of the 64 sets, and the slice the micro-kernel
+//         reuses across a tile's rows would be evicted from L1 before its second use);
+//   bf16: W rounded to bfloat16 and paired along K, W[2j, n] and W[2j + 1, n] side by side
+//         (the operand order of AVX-512 BF16's dot product), rows of `ld` pairs.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "denoise.h"
+
+namespace aigx {
+
+enum Precision : int { kF32 = 0, kBf16 = 1 };
+
+// A weight matrix [k, n] of the CPU pack: its offset in the pack's weight buffer (in elements:
+// floats for f32, pairs of bf16 for bf16) and its row stride.
+struct PackedMatrix {
+  int64_t offset = 0;
+  int k = 0, n = 0, ld = 0;
+};
+
+struct CpuPack {
+  int m = 0, hidden = 0, steps = 0;
+  int precision = kF32;
+  PackLayout layout{};
+  std::vector<float> pack;  // the canonical pack, for the vectors
+  PackedMatrix w_c1, w_cc, w_x, w_2, w_3;
+  // f32 weights or bf16 pairs (one uint32 per pair), 64-byte aligned.
+  std::unique_ptr<float[], void (*)(void*)> weights{nullptr, std::free};
+  std::unique_ptr<uint32_t[], void (*)(void*)> pairs{nullptr, std::free};
+};
+
+// Copies `pack` (PackLayout of (m, hidden, steps)) into a CPU pack of `precision`.
+std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int steps,
+                                       int precision);
+
+}  // namespace aigx
