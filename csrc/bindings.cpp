@@ -288,6 +288,9 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("isa", [] { return std::string(aigx::isa_name(aigx::isa_active())); },
         "The instruction-set level the CPU hot loops use now: baseline, avx2 or avx512.");
+  m.def("bf16_dot_products", &aigx::cpu_has_avx512_bf16,
+        "True when precision bf16 runs on AVX-512 BF16's dot products (else the same sums with "
+        "FMAs).");
   m.def(
       "isa_available",
       [] {

@@ -41,6 +41,15 @@ bool set_isa(int level) {
   return true;
 }
 
+bool cpu_has_avx512_bf16() {
+#if defined(AIGX_ISA_X86)
+  static const bool has = isa_supported() == kIsaAvx512 && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(int level) {
   switch (level) {
     case kIsaAvx2: return "avx2";

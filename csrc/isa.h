@@ -19,6 +19,8 @@ int isa_active();
 // Use `level` from the next call on; false (nothing changed) when it is not supported here.
 bool set_isa(int level);
 const char* isa_name(int level);
+// True when the CPU has AVX-512 BF16 (and the build its kernels): precision bf16's dot products.
+bool cpu_has_avx512_bf16();
 
 }  // namespace aigx
 
@@ -28,4 +30,6 @@ const char* isa_name(int level);
 #define AIGX_ISA_X86 1
 #define AIGX_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
 #define AIGX_TARGET_AVX512 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#define AIGX_TARGET_AVX512BF16 \
+  __attribute__((target("arch=x86-64-v4,avx512bf16,prefer-vector-width=512")))
 #endif

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstring>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_pack.h"
@@ -30,25 +31,69 @@ constexpr int kTile = 16;  // samples per task; activations of a tile stay in L1
 
 struct Scratch {
   std::vector<float> x, c, h, u, a1, a2, out, z;
+  std::vector<uint16_t> hb, a1b, a2b;  // bf16 layers (rows of an even width)
   void ensure(int m, int hidden) {
     const size_t mh = static_cast<size_t>(kTile) * hidden, mm = static_cast<size_t>(kTile) * m;
     if (x.size() >= mm && h.size() >= mh) return;
+    const size_t mh2 = static_cast<size_t>(kTile) * ((hidden + 1) / 2 * 2);
+    hb.assign(mh2, 0); a1b.assign(mh2, 0); a2b.assign(mh2, 0);
     x.assign(mm, 0.f); c.assign(mm, 0.f); z.assign(mm, 0.f);
     out.assign(static_cast<size_t>(kTile) * ((m + 15) / 16 * 16), 0.f);
     h.assign(mh, 0.f); u.assign(mh, 0.f); a1.assign(mh, 0.f); a2.assign(mh, 0.f);
   }
 };
 
-// A weight matrix as the kernels read it: W[k, n] at w[k * ld + n].
-struct Weights {
+// A layer's operands as the kernels read them. f32: activations A[r, k] at a[r * lda + k] and
+// weights W[k, n] at w[k * ldw + n].
+struct F32Operands {
+  const float* a;
+  int64_t lda;
   const float* w;
-  int ld;
+  int64_t ldw;
+  int k;
+  F32Operands from_row(int r) const { return {a + r * lda, lda, w, ldw, k}; }
 };
 
-Weights weights(const CpuPack& p, const PackedMatrix& w) {
-  return {p.weights.get() + w.offset, w.ld};
+// bf16: activations as bf16 bits, A[r, k] at a[r * lda + k] (lda even), and weights as pairs
+// (cpu_pack.h), the pair of rows 2j, 2j + 1 of column n at w[j * ldw + n].
+struct Bf16Operands {
+  const uint16_t* a;
+  int64_t lda;
+  const uint32_t* w;
+  int64_t ldw;
+  int pairs;
+  Bf16Operands from_row(int r) const { return {a + r * lda, lda, w, ldw, pairs}; }
+};
+
+F32Operands f32_operands(const float* a, int64_t lda, const CpuPack& p, const PackedMatrix& w) {
+  return {a, lda, p.weights.get() + w.offset, w.ld, w.k};
 }
 
+Bf16Operands bf16_operands(const uint16_t* a, int64_t lda, const CpuPack& p,
+                           const PackedMatrix& w) {
+  return {a, lda, p.pairs.get() + w.pair_offset, w.pair_ld, (w.k + 1) / 2};
+}
+
+// The two bf16 halves of a pair as floats, and a float's bf16 bits (nearest even, subnormals as
+// zero): the scalar forms of the kernels' conversions.
+inline float bf16_high(uint32_t pair) {
+  const uint32_t bits = pair & 0xFFFF0000u;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+inline float bf16_low(uint32_t pair) { return bf16_high(pair << 16); }
+
+inline uint16_t bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7F800000u) == 0) u &= 0x80000000u;
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+#define AIGX_K_BF16 0
 #define AIGX_K_NS k_baseline
 #define AIGX_K_TARGET
 #define AIGX_K_LEVEL 0
@@ -71,17 +116,31 @@ Weights weights(const CpuPack& p, const PackedMatrix& w) {
 #define AIGX_K_LEVEL 2
 #include "sampler_kernels.inc"
 #undef AIGX_K_NS
+
+// AVX-512 with its BF16 dot products, for precision bf16 (the f32 path is k_avx512's).
+#undef AIGX_K_BF16
+#define AIGX_K_BF16 1
+#define AIGX_K_NS k_avx512bf16
+#undef AIGX_K_TARGET
+#define AIGX_K_TARGET AIGX_TARGET_AVX512BF16
+#include "sampler_kernels.inc"
+#undef AIGX_K_NS
 #undef AIGX_K_TARGET
 #undef AIGX_K_LEVEL
 #endif
+#undef AIGX_K_BF16
 
 using TileFn = int (*)(const FusedSpec&, const CpuPack&, const float*, int64_t, int, const double*,
                        bool, const float*, uint64_t, int, float*, Scratch&);
 
-TileFn tile_function() {
+// The active level's tiles; bf16 at the AVX-512 level uses the BF16 dot products where the CPU
+// has them (every other level computes the same sums with FMAs).
+TileFn tile_function(int precision) {
 #if defined(AIGX_ISA_X86)
   switch (isa_active()) {
-    case kIsaAvx512: return &k_avx512::sample_tile;
+    case kIsaAvx512:
+      return precision == kBf16 && cpu_has_avx512_bf16() ? &k_avx512bf16::sample_tile
+                                                          : &k_avx512::sample_tile;
     case kIsaAvx2: return &k_avx2::sample_tile;
     default: break;
   }
@@ -135,6 +194,27 @@ std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int
   copy(p->w_x, l.w_x);
   copy(p->w_2, l.w_2);
   copy(p->w_3, l.w_3);
+  if (precision != kBf16) return p;
+  // The layers that read a hidden layer, as bf16 pairs along K (an odd K's last pair padded
+  // with a zero row).
+  int64_t pairs = 0;
+  for (PackedMatrix* w : {&p->w_cc, &p->w_2, &p->w_3}) {
+    w->pair_ld = w->ld;
+    w->pair_offset = pairs;
+    pairs += static_cast<int64_t>((w->k + 1) / 2) * w->pair_ld;
+  }
+  p->pairs = aligned_array<uint32_t>(pairs);
+  for (const PackedMatrix* w : {&p->w_cc, &p->w_2, &p->w_3}) {
+    const float* f = p->weights.get() + w->offset;
+    uint32_t* out = p->pairs.get() + w->pair_offset;
+    for (int j = 0; j < (w->k + 1) / 2; ++j)
+      for (int n = 0; n < w->n; ++n) {
+        const uint32_t lo = bf16_bits(f[static_cast<int64_t>(2 * j) * w->ld + n]);
+        const uint32_t hi =
+            2 * j + 1 < w->k ? bf16_bits(f[static_cast<int64_t>(2 * j + 1) * w->ld + n]) : 0u;
+        out[static_cast<int64_t>(j) * w->pair_ld + n] = hi << 16 | lo;
+      }
+  }
   return p;
 }
 
@@ -142,7 +222,7 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
                          const double* total_power, bool per_row_power, const float* noise,
                          uint64_t seed, int mode, float* power) {
   const int64_t tiles = (spec.rows_total + kTile - 1) / kTile;
-  const TileFn sample_tile = tile_function();
+  const TileFn sample_tile = tile_function(pack.precision);
   std::atomic<int64_t> invalid{0};
   ThreadPool::instance().parallel_for(tiles, 1, [&](int64_t t0, int64_t t1) {
     thread_local Scratch scratch;

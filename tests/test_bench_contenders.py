@@ -203,7 +203,7 @@ def test_bench_sample_with_the_runtimes(run):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
     doc = _doc(run, "--batches", "2", "--no-compile")
-    assert doc["contenders"] == ["fused", "torch", "onnxruntime", "openvino"]
+    assert doc["contenders"] == ["fused", "fused_bf16", "torch", "onnxruntime", "openvino"]
     assert doc["skipped"] == {"torch_compile": "--no-compile"} and not doc["errors"]
     assert set(doc["cases"][0]["allocations_per_s"]) == set(doc["contenders"])
     assert doc["versions"]["onnxruntime"] and doc["versions"]["openvino"]

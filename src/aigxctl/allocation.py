@@ -128,6 +128,8 @@ def run(
     result.how = method
     if model is not None:
         which = model.backend_for(model_kwargs.get("backend", "auto"))[0]
+        if model_kwargs.get("precision", "f32") != "f32":
+            which += f" {model_kwargs['precision']}"
         result.how = f"gdm ({which}, {model_dir or 'pretrained t1 model'})"
     result.how += f" on {dev}"
     return result

@@ -20,6 +20,7 @@ import numpy as np
 
 from aigxctl import _core
 from aigxctl.errors import InvalidGains, UserError
+from aigxctl.settings import PRECISIONS
 
 Array = Any  # a NumPy array or a torch tensor
 
@@ -50,13 +51,15 @@ __all__ = [
 
 def build_info() -> dict[str, Any]:
     """How the core was built and what it sees: CUDA kernels compiled, GPUs usable, threads,
-    the instruction-set level its CPU loops run (``isa``) and the levels it could run."""
+    the instruction-set level its CPU loops run (``isa``) and the levels it could run, and
+    whether precision bf16 has the CPU's BF16 dot products (``bf16_dot_products``)."""
     return {
         "cuda_built": bool(_core.cuda_built()),
         "cuda_devices": int(_core.cuda_device_count()),
         "threads": int(_core.num_threads()),
         "isa": isa(),
         "isa_available": isa_available(),
+        "bf16_dot_products": bool(_core.bf16_dot_products()),
     }
 
 
@@ -464,9 +467,6 @@ def power_rows(total_power: Any, rows: int) -> np.ndarray:
     """The power budget of each of ``rows`` rows, float64 ``[rows]``, validated (> 0, finite)."""
     p = power_budget(total_power, rows)
     return np.full(rows, p) if isinstance(p, float) else p
-
-
-PRECISIONS = ("f32", "bf16")  # the CPU sampler's weight precisions, in the core's order
 
 
 def cpu_pack(pack: np.ndarray, m: int, hidden: int, steps: int, precision: str = "f32") -> Any:

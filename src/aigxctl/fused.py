@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from aigxctl import core
+from aigxctl.errors import UserError
 from aigxctl.settings import ALLOC_MAPS
 
 __all__ = ["FusedSampler", "pack_denoiser", "step_constants", "supports"]
@@ -173,7 +174,7 @@ class FusedSampler:
             import torch
 
             if precision != "f32":
-                raise core.UserError(f"precision {precision} runs on the CPU only (here: CUDA)")
+                raise UserError(f"precision {precision} runs on the CPU only, not on CUDA")
             if self._device_pack is None or self._device_pack.device != gains.device:
                 self._device_pack = torch.from_numpy(self.pack).to(gains.device)
             return core.fused_sample_cuda(

@@ -21,6 +21,7 @@ from torch import nn
 from aigxctl import core
 from aigxctl.diffusion import Schedule, sample_reference, to_allocation
 from aigxctl.errors import UserError
+from aigxctl.settings import PRECISIONS
 
 __all__ = ["BACKENDS", "GDM", "Denoiser", "MLPAllocator", "Regressor", "SinusoidalPosEmb"]
 
@@ -262,10 +263,12 @@ class GDM:
         )
         return p.to(gains.device) if core.is_torch(gains) else p.cpu().numpy()
 
-    def _sample(self, which: str, gk: Any, pk: Any, mode: str, seed: int) -> Any:
+    def _sample(
+        self, which: str, gk: Any, pk: Any, mode: str, seed: int, precision: str = "f32"
+    ) -> Any:
         """Allocations for the rows ``gk`` with the backend ``which`` (same kind of array out)."""
         if which == "fused":
-            return self.fused_sampler().sample(gk, pk, mode=mode, seed=seed)
+            return self.fused_sampler().sample(gk, pk, mode=mode, seed=seed, precision=precision)
         return self.sample_torch(gk, pk, torch.from_numpy(self.noise_for(seed, len(gk))), mode)
 
     def noise_for(self, seed: int, rows: int) -> np.ndarray:
@@ -284,6 +287,7 @@ class GDM:
         best_of: int | None = None,
         seed: int | None = None,
         backend: str = "auto",
+        precision: str = "f32",
     ) -> np.ndarray:
         """Powers ``[B, M]`` (or ``[M]`` for one vector) for gains ``[B, M]``: feasible, each row
         adds up to P (the model's own P unless ``total_power`` is given).
@@ -294,7 +298,8 @@ class GDM:
         A torch tensor in gives a tensor out (same device), NumPy gives NumPy. CUDA tensors, or
         any gains given to a model on a GPU (``load_model(dir, device="cuda")``), stay on the GPU
         end to end: the weights packed there once, the fused CUDA sampler, the CUDA sum rate
-        for ``best_of``.
+        for ``best_of``. ``precision`` ``bf16`` (fused CPU sampler only) runs the hidden layers'
+        products in bfloat16 (``settings.PRECISIONS``).
         """
         mode = mode or self.mode
         k = self.best_of if best_of is None else best_of
@@ -304,10 +309,16 @@ class GDM:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         budget = self.total_power if total_power is None else total_power
         seed = secrets.randbits(63) if seed is None else _check_seed(seed)
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         dev = _on_gpu(gains, self.weights_device())
         if dev is not None:
+            if precision != "f32":
+                raise UserError(f"precision {precision} runs on the CPU only, not on {dev}")
             return self._allocate_on(dev, gains, budget, mode, int(k), seed, backend)
         which, _ = self.backend_for(backend)
+        if precision != "f32" and which != "fused":
+            raise UserError(f"precision {precision} needs the fused sampler (backend {which})")
         g, single = _as_gains(gains, self.m, validate=which != "fused")
         b = g.shape[0]
         pk = core.power_budget(budget, b)
@@ -315,7 +326,7 @@ class GDM:
             pk = np.tile(pk, k)
         # K candidates per row: repeat the batch K times, pick the best per row.
         gk = np.tile(g, (k, 1)) if k > 1 else g
-        out = np.asarray(self._sample(which, gk, pk, mode, seed), dtype=np.float64)
+        out = np.asarray(self._sample(which, gk, pk, mode, seed, precision), dtype=np.float64)
         if k > 1:
             rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
             best = rates.argmax(axis=0)

@@ -81,6 +81,10 @@ SAMPLING_MODES = ("ddim", "ancestral")
 # simplex times P, relu P relu(x)/sum relu(x). The last two can switch a channel off exactly.
 ALLOC_MAPS = ("abs", "simplex", "relu")
 REWARD_OBJECTIVES = ("rate", "critic")
+# The fused CPU sampler's arithmetic: f32 throughout (the default), or bf16: the layers that read
+# a hidden layer take it and their weights rounded to bfloat16, sums in f32 (AVX-512 BF16's dot
+# products where the CPU has them, the same sums with FMAs elsewhere).
+PRECISIONS = ("f32", "bf16")
 
 
 def _choices(choices: tuple[str, ...]) -> str:
