@@ -291,6 +291,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("bf16_dot_products", &aigx::cpu_has_avx512_bf16,
         "True when precision bf16 runs on AVX-512 BF16's dot products (else the same sums with "
         "FMAs).");
+  m.def("amx_ready", &aigx::cpu_amx_ready,
+        "True when precision bf16's hidden layers run on AMX tiles (CPU has them, OS granted).");
   m.def(
       "isa_available",
       [] {

@@ -3,6 +3,12 @@
 
 #include <atomic>
 
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace aigx {
 namespace {
 
@@ -45,6 +51,24 @@ bool cpu_has_avx512_bf16() {
 #if defined(AIGX_ISA_X86)
   static const bool has = isa_supported() == kIsaAvx512 && __builtin_cpu_supports("avx512bf16");
   return has;
+#else
+  return false;
+#endif
+}
+
+bool cpu_amx_ready() {
+#if defined(AIGX_ISA_X86) && defined(__linux__)
+  static const bool ready = [] {
+    if (!cpu_has_avx512_bf16()) return false;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool amx = (d >> 22 & 1u) && (d >> 24 & 1u);  // AMX-BF16, AMX-TILE
+    // Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM for
+    // XFEATURE_XTILEDATA), once per process; older kernels refuse and the tiles stay unused.
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return amx && syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return ready;
 #else
   return false;
 #endif

@@ -21,6 +21,9 @@ bool set_isa(int level);
 const char* isa_name(int level);
 // True when the CPU has AVX-512 BF16 (and the build its kernels): precision bf16's dot products.
 bool cpu_has_avx512_bf16();
+// True when the CPU has AMX (tiles and BF16) and the OS granted this process its tile state:
+// precision bf16's hidden layers then run on the tiles.
+bool cpu_amx_ready();
 
 }  // namespace aigx
 
@@ -31,5 +34,5 @@ bool cpu_has_avx512_bf16();
 #define AIGX_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
 #define AIGX_TARGET_AVX512 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
 #define AIGX_TARGET_AVX512BF16 \
-  __attribute__((target("arch=x86-64-v4,avx512bf16,prefer-vector-width=512")))
+  __attribute__((target("arch=x86-64-v4,avx512bf16,amx-tile,amx-bf16,prefer-vector-width=512")))
 #endif

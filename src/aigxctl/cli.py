@@ -104,8 +104,8 @@ PrecisionOption = Annotated[
     typer.Option(
         "--precision",
         help="gdm's fused CPU sampler: f32, or bf16 (the hidden layers' products in bfloat16, "
-        "AVX-512 BF16 where the CPU has it; within 0.05 points of the optimum's fraction of f32, "
-        "see the README for its speed).",
+        "on AMX or AVX-512 BF16 where the CPU has them: see 'aigxctl info' and the README; "
+        "its fraction of the optimum stays within 0.05 points of f32's).",
     ),
 ]
 
@@ -789,8 +789,8 @@ def info(
         "GPUs seen by torch": torch_gpus,
         "core CPU threads": build["threads"],
         "core CPU level": f"{build['isa']} (this CPU runs {', '.join(build['isa_available'])})",
-        "bf16 dot products": "yes (AVX-512 BF16)" if build["bf16_dot_products"]
-        else "no (--precision bf16 computes the same sums with FMAs)",
+        "--precision bf16 on": "AMX tiles" if build["amx"] else "AVX-512 BF16 dot products"
+        if build["bf16_dot_products"] else "FMAs (no BF16 instructions on this CPU)",
         "torch CPU threads": torch.get_num_threads(),
     }
     if model is not None:

@@ -52,7 +52,8 @@ __all__ = [
 def build_info() -> dict[str, Any]:
     """How the core was built and what it sees: CUDA kernels compiled, GPUs usable, threads,
     the instruction-set level its CPU loops run (``isa``) and the levels it could run, and
-    whether precision bf16 has the CPU's BF16 dot products (``bf16_dot_products``)."""
+    whether precision bf16 has the CPU's BF16 dot products (``bf16_dot_products``) and AMX
+    tiles (``amx``, used first)."""
     return {
         "cuda_built": bool(_core.cuda_built()),
         "cuda_devices": int(_core.cuda_device_count()),
@@ -60,6 +61,7 @@ def build_info() -> dict[str, Any]:
         "isa": isa(),
         "isa_available": isa_available(),
         "bf16_dot_products": bool(_core.bf16_dot_products()),
+        "amx": bool(_core.amx_ready()),
     }
 
 

@@ -82,8 +82,8 @@ SAMPLING_MODES = ("ddim", "ancestral")
 ALLOC_MAPS = ("abs", "simplex", "relu")
 REWARD_OBJECTIVES = ("rate", "critic")
 # The fused CPU sampler's arithmetic: f32 throughout (the default), or bf16: the layers that read
-# a hidden layer take it and their weights rounded to bfloat16, sums in f32 (AVX-512 BF16's dot
-# products where the CPU has them, the same sums with FMAs elsewhere).
+# a hidden layer take it and their weights rounded to bfloat16, sums in f32 (on AMX tiles, else
+# AVX-512 BF16's dot products, else the same sums with FMAs).
 PRECISIONS = ("f32", "bf16")
 
 
