@@ -226,3 +226,12 @@ def test_notes_say_what_was_left_out_and_when_the_machine_was_busy():
     assert "the machine was busy (load average 5.5 before, 1.0 after, on 2 CPUs)" in notes[3]
     results["load_average"] = {"before": 0.2, "after": 0.3}
     assert len(bench.sample_notes(results)) == 3
+
+
+def test_notes_say_what_bf16_ran_on():
+    results = {"contenders": ["fused", "fused_bf16"], "bf16_on": "AMX tiles"}
+    assert bench.sample_notes(results) == [
+        "fused bf16 ran on AMX tiles; its 'of peak' is of the f32 FMA peak"
+    ]
+    assert bench.sample_notes({"contenders": ["fused"], "bf16_on": "AMX tiles"}) == []
+    assert bench.bf16_engine() in ("AMX tiles", "AVX-512 BF16 dot products", "FMAs")

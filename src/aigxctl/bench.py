@@ -815,6 +815,7 @@ def sample(
         "load_average": {"before": load[0], "after": load[1]},
         "flop_per_allocation": flop,
         "fma_peak": peak,
+        "bf16_on": bf16_engine(),
         "contenders": names,
         "skipped": skipped,
         "errors": contest.errors,
@@ -937,8 +938,19 @@ def sample_table(results: dict[str, Any]) -> Any:
     )
 
 
+def bf16_engine() -> str:
+    """What precision bf16 runs on here: AMX tiles, AVX-512 BF16 dot products, or FMAs."""
+    from aigxctl import core
+
+    info = core.build_info()
+    if info["amx"]:
+        return "AMX tiles"
+    return "AVX-512 BF16 dot products" if info["bf16_dot_products"] else "FMAs"
+
+
 def sample_notes(results: dict[str, Any]) -> list[str]:
-    """Lines for stderr under the table: contenders skipped or left out, and why."""
+    """Lines for stderr under the table: contenders skipped or left out, and why, and what
+    bf16 ran on."""
     lines = [f"{LABELS.get(n, n)} skipped: {why}" for n, why in results.get("skipped", {}).items()]
     lines += [f"{LABELS.get(n, n)} left out: {why}" for n, why in results.get("errors", {}).items()]
     lines += [
@@ -946,6 +958,9 @@ def sample_notes(results: dict[str, Any]) -> list[str]:
         for n, by_batch in results.get("notes", {}).items()
         for b, how in by_batch.items()
     ]
+    if "fused_bf16" in results.get("contenders", ()) and results.get("bf16_on"):
+        lines.append(f"fused bf16 ran on {results['bf16_on']}; its 'of peak' is of the f32 FMA "
+                     "peak")  # fmt: skip
     load, cpus = results.get("load_average"), results.get("machine", {}).get("cpu_count")
     if load and cpus and max(load.values()) > 0.75 * cpus:
         lines.append(f"the machine was busy (load average {load['before']:.1f} before, "
