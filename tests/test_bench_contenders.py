@@ -235,3 +235,9 @@ def test_notes_say_what_bf16_ran_on():
     ]
     assert bench.sample_notes({"contenders": ["fused"], "bf16_on": "AMX tiles"}) == []
     assert bench.bf16_engine() in ("AMX tiles", "AVX-512 BF16 dot products", "FMAs")
+    before = core.isa()
+    try:
+        core.set_isa("baseline")  # the BF16 instructions are the AVX-512 level's
+        assert bench.bf16_engine() == "FMAs"
+    finally:
+        core.set_isa(before)

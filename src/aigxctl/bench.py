@@ -939,10 +939,13 @@ def sample_table(results: dict[str, Any]) -> Any:
 
 
 def bf16_engine() -> str:
-    """What precision bf16 runs on here: AMX tiles, AVX-512 BF16 dot products, or FMAs."""
+    """What precision bf16 runs on here, at the active ISA level: AMX tiles, AVX-512 BF16 dot
+    products, or FMAs."""
     from aigxctl import core
 
     info = core.build_info()
+    if info["isa"] != "avx512":
+        return "FMAs"
     if info["amx"]:
         return "AMX tiles"
     return "AVX-512 BF16 dot products" if info["bf16_dot_products"] else "FMAs"

@@ -776,7 +776,7 @@ def info(
 
     import torch
 
-    from aigxctl import checkpoint, core
+    from aigxctl import bench, checkpoint, core
 
     build = core.build_info()
     torch_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -789,8 +789,7 @@ def info(
         "GPUs seen by torch": torch_gpus,
         "core CPU threads": build["threads"],
         "core CPU level": f"{build['isa']} (this CPU runs {', '.join(build['isa_available'])})",
-        "--precision bf16 on": "AMX tiles" if build["amx"] else "AVX-512 BF16 dot products"
-        if build["bf16_dot_products"] else "FMAs (no BF16 instructions on this CPU)",
+        "--precision bf16 on": bench.bf16_engine(),
         "torch CPU threads": torch.get_num_threads(),
     }
     if model is not None:
