@@ -96,6 +96,18 @@ def test_child_fused_sample_after_parent_started_workers(pack, gains):
     np.testing.assert_array_equal(in_fork(sample, pack, gains), expected)
 
 
+def test_child_bf16_sample_after_parent_used_the_tiles(gains):
+    """bf16 (on AMX where the CPU has it: the tile permission is the process's, inherited)."""
+    layout = core.pack_layout(M, HIDDEN, STEPS)
+    flat = (0.1 * np.random.default_rng(2).standard_normal(layout["total"])).astype(np.float32)
+    consts = fused.step_constants(BETAS).ravel()
+    flat[layout["consts"] : layout["consts"] + consts.size] = consts
+    flat[layout["cond_std"] : layout["cond_std"] + M] = 1.0
+    bf16 = core.cpu_pack(flat, M, HIDDEN, STEPS, "bf16")
+    expected = sample(bf16, gains)
+    np.testing.assert_array_equal(in_fork(sample, bf16, gains), expected)
+
+
 def test_grandchild_forked_from_a_child_that_used_the_pool(gains):
     def child():
         mine = core.waterfill(gains, 1.0)  # restarts the child's workers

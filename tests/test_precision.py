@@ -42,10 +42,12 @@ def test_bf16_is_close_to_f32_and_keeps_the_fraction_of_the_optimum(pretrained, 
     assert abs(frac[0] - frac[1]) < 0.0005  # 0.05 points
 
 
-@pytest.mark.parametrize("hidden", [64, 37])  # an odd width: the last pair half padded
-def test_every_level_gives_bf16_allocations_alike(hidden):
-    model = make_gdm(20, hidden, 6, "eps", seed=2)
-    g = np.random.default_rng(5).uniform(0.5, 8, (300, 20))
+# 37: an odd width (the last pair half padded, K not a multiple of the tiles' 32); M = 8: an
+# output layer of 16 columns (one tile).
+@pytest.mark.parametrize(("m", "hidden"), [(20, 64), (20, 37), (8, 48)])
+def test_every_level_gives_bf16_allocations_alike(m, hidden):
+    model = make_gdm(m, hidden, 6, "eps", seed=2)
+    g = np.random.default_rng(5).uniform(0.5, 8, (300, m))
     out = {}
     for level in LEVELS:
         core.set_isa(level)
