@@ -91,3 +91,11 @@ def _private_tmpdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     scratch = tmp_path_factory.mktemp("tmpdir")
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+
+@pytest.fixture
+def restore_isa():
+    """Puts back the ISA level the core ran at before the test (tests that set levels)."""
+    before = core.isa()
+    yield
+    core.set_isa(before)

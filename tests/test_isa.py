@@ -20,11 +20,7 @@ from aigxctl.fused import FusedSampler
 LEVELS = core.isa_available()
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = core.isa()
-    yield
-    core.set_isa(before)
+pytestmark = pytest.mark.usefixtures("restore_isa")
 
 
 

@@ -14,11 +14,7 @@ from aigxctl.errors import UserError
 LEVELS = core.isa_available()
 
 
-@pytest.fixture(autouse=True)
-def restore_isa():
-    before = core.isa()
-    yield
-    core.set_isa(before)
+pytestmark = pytest.mark.usefixtures("restore_isa")
 
 
 @pytest.fixture(scope="module")
