@@ -86,3 +86,12 @@ def test_cli_precision(tmp_path):
     bad = runner.invoke(app, ["allocate", "--method", "gdm", "--gains", str(csv), "--precision",
                               "bf16", "--backend", "torch"])  # fmt: skip
     assert bad.exit_code == 2 and "needs the fused sampler" in bad.output
+
+
+def test_a_model_that_sampled_still_pickles(pretrained, gains):
+    import copy
+    import pickle
+
+    expected = pretrained.allocate(gains[:4], seed=2, precision="bf16")  # builds the CPU packs
+    for twin in (pickle.loads(pickle.dumps(pretrained)), copy.deepcopy(pretrained)):
+        np.testing.assert_array_equal(twin.allocate(gains[:4], seed=2, precision="bf16"), expected)

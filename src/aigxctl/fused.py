@@ -144,6 +144,10 @@ class FusedSampler:
         pack, dims = pack_denoiser(denoiser, betas, cond_mean, cond_std)
         return cls(pack=pack, pred=pred, alloc_map=alloc_map, **dims)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The core's copies (CPU pack, GPU pack) are caches, rebuilt on first use after a copy.
+        return {**self.__dict__, "_cpu_packs": {}, "_device_pack": None}
+
     def cpu_pack(self, precision: str = "f32") -> Any:
         """The core's CPU copy of the pack in ``precision``, built on first use."""
         if precision not in self._cpu_packs:
