@@ -95,3 +95,21 @@ def test_a_model_that_sampled_still_pickles(pretrained, gains):
     expected = pretrained.allocate(gains[:4], seed=2, precision="bf16")  # builds the CPU packs
     for twin in (pickle.loads(pickle.dumps(pretrained)), copy.deepcopy(pretrained)):
         np.testing.assert_array_equal(twin.allocate(gains[:4], seed=2, precision="bf16"), expected)
+
+
+def test_a_replaced_pack_is_the_one_sampled():
+    import dataclasses
+
+    sampler = make_gdm(5, 16, 3, "eps", seed=1).fused_sampler()
+    g = np.ones((2, 5), np.float32)
+    before = sampler.sample(g, 1.0, seed=1)
+    zeroed = np.zeros_like(sampler.pack)
+    layout = core.pack_layout(5, 16, 3)  # zero weights; keep the statistics and step constants
+    for name in ("cond_mean", "cond_std"):
+        zeroed[layout[name] : layout[name] + 5] = sampler.pack[layout[name] : layout[name] + 5]
+    zeroed[layout["consts"] :] = sampler.pack[layout["consts"] :]
+    twin = dataclasses.replace(sampler, pack=zeroed)
+    assert np.isfinite(twin.sample(g, 1.0, seed=1)).all()
+    assert not np.array_equal(twin.sample(g, 1.0, seed=1), before)
+    sampler.pack = zeroed
+    np.testing.assert_array_equal(sampler.sample(g, 1.0, seed=1), twin.sample(g, 1.0, seed=1))

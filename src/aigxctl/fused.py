@@ -125,7 +125,8 @@ class FusedSampler:
     pred: str
     alloc_map: str = "abs"
     _device_pack: Any = None
-    _cpu_packs: dict = field(default_factory=dict)  # precision -> core.cpu_pack
+    # precision -> (the pack it was made from, core.cpu_pack of it)
+    _cpu_packs: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_denoiser(
@@ -149,12 +150,13 @@ class FusedSampler:
         return {**self.__dict__, "_cpu_packs": {}, "_device_pack": None}
 
     def cpu_pack(self, precision: str = "f32") -> Any:
-        """The core's CPU copy of the pack in ``precision``, built on first use."""
-        if precision not in self._cpu_packs:
-            self._cpu_packs[precision] = core.cpu_pack(
-                self.pack, self.m, self.hidden, self.steps, precision
-            )
-        return self._cpu_packs[precision]
+        """The core's CPU copy of the pack in ``precision``, built on first use and again when
+        ``pack`` is replaced (its contents are not watched: replace it, do not write into it)."""
+        made = self._cpu_packs.get(precision)
+        if made is None or made[0] is not self.pack:
+            made = (self.pack, core.cpu_pack(self.pack, self.m, self.hidden, self.steps, precision))
+            self._cpu_packs[precision] = made
+        return made[1]
 
     def sample(
         self,
