@@ -104,8 +104,8 @@ PrecisionOption = Annotated[
     typer.Option(
         "--precision",
         help="gdm's fused CPU sampler: f32, or bf16 (the hidden layers' products in bfloat16, "
-        "on AMX or AVX-512 BF16 where the CPU has them: see 'aigxctl info' and the README; "
-        "its fraction of the optimum stays within 0.05 points of f32's).",
+        "on AMX or AVX-512 BF16 where the CPU has them: see 'aigxctl info'; on the trained "
+        "models in the README its fraction of the optimum is within 0.005 points of f32's).",
     ),
 ]
 
