@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from aigxctl import core, drift, scenarios, serve
 from aigxctl.checkpoint import default_model_path, load_model
 from aigxctl.errors import UserError
-from aigxctl.settings import ServeConfig
+from aigxctl.settings import PRECISIONS, ServeConfig
 
 M = 20
 
@@ -158,7 +159,10 @@ class _Fake:
     cond_mean, cond_std = np.ones(3), np.ones(3)
     module = None
 
-    def allocate(self, gains, seed=None):
+    precisions: ClassVar[list] = []  # every precision asked, across instances
+
+    def allocate(self, gains, seed=None, precision="f32"):
+        self.precisions.append(precision)
         g = np.asarray(gains, float)
         return 0.2 * g / g.sum(axis=1, keepdims=True)
 
@@ -338,3 +342,25 @@ def test_a_closed_stdout_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2, err.decode()
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "stdout was closed" in lines[0]
+
+
+def test_decisions_are_made_in_the_precision_asked(fake):
+    data = ("\n".join(["1,2,3"] * 20) + "\n").encode()
+    _Fake.precisions.clear()
+    cfg = ServeConfig(batch=8, max_wait_ms=1.0, audit=0.0, model="m", precision="bf16")
+    serve.run(cfg, stdin=io.BytesIO(data), stdout=io.StringIO())
+    assert _Fake.precisions and set(_Fake.precisions) == {"bf16"}
+
+
+def test_serving_the_pretrained_model_in_bf16_is_close_to_f32():
+    rows = np.random.default_rng(8).uniform(1, 7, (40, 20))
+    data = ("\n".join(",".join(f"{v:.6f}" for v in r) for r in rows) + "\n").encode()
+    got = {}
+    for precision in PRECISIONS:
+        out = io.StringIO()
+        cfg = ServeConfig(batch=16, max_wait_ms=1.0, audit=0.0, precision=precision)
+        serve.run(cfg, stdin=io.BytesIO(data), stdout=out)
+        got[precision] = np.loadtxt(io.StringIO(out.getvalue()), delimiter=",")
+    np.testing.assert_allclose(got["bf16"].sum(axis=1), 0.2, rtol=1e-5)
+    assert np.abs(got["bf16"] - got["f32"]).max() < 2e-3
+

@@ -694,6 +694,7 @@ def serve(
     retrain_lr: Annotated[float, option(_SC, "retrain_lr")] = _SC.retrain_lr,
     train_threads: Annotated[int, option(_SC, "train_threads")] = _SC.train_threads,
     threads: Annotated[int, option(_SC, "threads")] = _SC.threads,
+    precision: Annotated[Precision, option(_SC, "precision")] = Precision.f32,
     rate: Annotated[float | None, option(_SC, "rate")] = None,
     seed: Annotated[int, option(_SC, "seed")] = _SC.seed,
     force: Annotated[bool, option(_SC, "force")] = False,
@@ -712,7 +713,7 @@ def serve(
         quality_window=quality_window, drift_window=drift_window,
         drift_threshold=drift_threshold, collect=collect, holdout=holdout,
         retrain_steps=retrain_steps, retrain_lr=retrain_lr, train_threads=train_threads,
-        threads=threads, rate=rate, seed=seed, force=force,
+        threads=threads, precision=precision.value, rate=rate, seed=seed, force=force,
     )  # fmt: skip
     with report.StageStatus(quiet=quiet) as status:
         result = serving.run(cfg, status=lambda stage, detail: status.update(

@@ -365,7 +365,8 @@ def _retrain(job: dict[str, Any], results: Any) -> None:
         scores = {}
         for key in ("candidate", "current"):
             model = load_model(job["out"] if key == "candidate" else job["init"])
-            rate = metrics.mean_rate(gains, model.allocate(gains, power, seed=1234), noise)
+            decided = model.allocate(gains, power, seed=1234, precision=job["precision"])
+            rate = metrics.mean_rate(gains, decided, noise)
             scores[key] = rate / opt
         results.put({"ok": True, "train_seconds": trained, "steps": result.get("step"), **scores})
     except BaseException as exc:
@@ -500,7 +501,8 @@ class Server:
         rows = batch.rows
         power = None
         if len(rows):
-            power = self.slot.current.model.allocate(rows, seed=self.cfg.seed + self.batches)
+            power = self.slot.current.model.allocate(rows, seed=self.cfg.seed + self.batches,
+                                                     precision=self.cfg.precision)
         self._emit(batch, power)
         if len(rows):
             self.stats.latency.append((time.perf_counter() - t0, self.training))
@@ -606,7 +608,8 @@ class Server:
         job = {"data": str(paths["train"]), "holdout": str(paths["holdout"]),
                "out": str(base / f"gen-{gen}"), "init": str(self.slot.current.path),
                "steps": self.cfg.retrain_steps, "lr": self.cfg.retrain_lr,
-               "seed": self.cfg.seed + gen, "threads": self.cfg.train_threads}  # fmt: skip
+               "seed": self.cfg.seed + gen, "threads": self.cfg.train_threads,
+               "precision": self.cfg.precision}  # fmt: skip
         self.trainer = _Trainer(job)
         self.state = "training"
         self.event("training_started", self.decisions, self.quality.fraction, generation=gen,

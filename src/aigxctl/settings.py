@@ -280,6 +280,9 @@ class ServeConfig:
     train_threads: int = setting(1, "Threads of the background retraining process.", low=1,
                                  high=MAX_NPROC)  # fmt: skip
     threads: int = setting(1, "Threads of the serving core.", low=1, high=MAX_NPROC)
+    precision: str = setting("f32", "Arithmetic of the served decisions (and of the scoring of a "
+                             "retrained candidate against the current model): f32, or bf16 "
+                             "(see allocate --precision).", choices=PRECISIONS)
     rate: float | None = setting(None, "Decisions per second of a simulated stream (default: "
                                  "the timeline's rate, else 1000).", above=0.0,
                                  high=1e9)  # fmt: skip
