@@ -21,15 +21,13 @@ namespace aigx {
 
 enum Precision : int { kF32 = 0, kBf16 = 1 };
 
-// A weight matrix [k, n] of the CPU pack: its offset in the pack's weight buffer (in elements:
-// floats for f32, pairs of bf16 for bf16) and its row stride.
-// With bf16, the matrices that read a hidden layer also have their pairs' offset and row stride
-// (in pairs) in the pack's pair buffer.
+// A weight matrix [k, n] of the CPU pack: its offset (floats) in the pack's weight buffer and its
+// row stride `ld`. With bf16, the matrices that read a hidden layer also have their pairs' offset
+// in the pair buffer, rows of `ld` pairs.
 struct PackedMatrix {
   int64_t offset = 0;
   int k = 0, n = 0, ld = 0;
   int64_t pair_offset = 0;
-  int pair_ld = 0;
 };
 
 struct CpuPack {

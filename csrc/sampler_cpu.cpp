@@ -71,7 +71,7 @@ F32Operands f32_operands(const float* a, int64_t lda, const CpuPack& p, const Pa
 
 Bf16Operands bf16_operands(const uint16_t* a, int64_t lda, const CpuPack& p,
                            const PackedMatrix& w) {
-  return {a, lda, p.pairs.get() + w.pair_offset, w.pair_ld, (w.k + 1) / 2};
+  return {a, lda, p.pairs.get() + w.pair_offset, w.ld, (w.k + 1) / 2};
 }
 
 // The two bf16 halves of a pair as floats, and a float's bf16 bits (nearest even, subnormals as
@@ -199,9 +199,8 @@ std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int
   // with a zero row).
   int64_t pairs = 0;
   for (PackedMatrix* w : {&p->w_cc, &p->w_2, &p->w_3}) {
-    w->pair_ld = w->ld;
     w->pair_offset = pairs;
-    pairs += static_cast<int64_t>((w->k + 1) / 2) * w->pair_ld;
+    pairs += static_cast<int64_t>((w->k + 1) / 2) * w->ld;
   }
   p->pairs = aligned_array<uint32_t>(pairs);
   for (const PackedMatrix* w : {&p->w_cc, &p->w_2, &p->w_3}) {
@@ -212,7 +211,7 @@ std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int
         const uint32_t lo = bf16_bits(f[static_cast<int64_t>(2 * j) * w->ld + n]);
         const uint32_t hi =
             2 * j + 1 < w->k ? bf16_bits(f[static_cast<int64_t>(2 * j + 1) * w->ld + n]) : 0u;
-        out[static_cast<int64_t>(j) * w->pair_ld + n] = hi << 16 | lo;
+        out[static_cast<int64_t>(j) * w->ld + n] = hi << 16 | lo;
       }
   }
   return p;

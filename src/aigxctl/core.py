@@ -28,6 +28,7 @@ __all__ = [
     "build_info",
     "check_gains",
     "check_level",
+    "check_precision",
     "check_tensor",
     "cpu_pack",
     "fp_mode",
@@ -475,10 +476,15 @@ def cpu_pack(pack: np.ndarray, m: int, hidden: int, steps: int, precision: str =
     """The CPU sampler's copy of ``pack`` (``pack_layout(m, hidden, steps)``), its weights laid
     out for the kernels in ``precision`` (f32, or bf16: weights and activations rounded to
     bfloat16 for the matrix products, sums in f32). Build it once per model."""
+    flat = np.ascontiguousarray(pack, dtype=np.float32)
+    return _core.CpuPack(flat, m, hidden, steps, PRECISIONS.index(check_precision(precision)))
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of ``settings.PRECISIONS``, else UserError."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    flat = np.ascontiguousarray(pack, dtype=np.float32)
-    return _core.CpuPack(flat, m, hidden, steps, PRECISIONS.index(precision))
+    return precision
 
 
 def fused_sample(

@@ -21,7 +21,6 @@ from torch import nn
 from aigxctl import core
 from aigxctl.diffusion import Schedule, sample_reference, to_allocation
 from aigxctl.errors import UserError
-from aigxctl.settings import PRECISIONS
 
 __all__ = ["BACKENDS", "GDM", "Denoiser", "MLPAllocator", "Regressor", "SinusoidalPosEmb"]
 
@@ -309,8 +308,7 @@ class GDM:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         budget = self.total_power if total_power is None else total_power
         seed = secrets.randbits(63) if seed is None else _check_seed(seed)
-        if precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        core.check_precision(precision)
         dev = _on_gpu(gains, self.weights_device())
         if dev is not None:
             if precision != "f32":
