@@ -28,10 +28,31 @@ namespace aigx {
 namespace {
 
 constexpr int kTile = 16;  // samples per task; activations of a tile stay in L1/L2
+// A lone tile's layers are shared by up to hidden / kTeamShare threads: a share narrower than
+// this does not pay for the hand-offs between the stages.
+constexpr int kTeamShare = 64;
+
+// Cache-line aligned rows: a team's members write neighbouring columns of one layer, and a line
+// that held the end of one share and the start of the next would bounce between their cores.
+template <typename T>
+struct LineAligned {
+  using value_type = T;
+  LineAligned() = default;
+  template <typename U>
+  LineAligned(const LineAligned<U>&) {}  // NOLINT: allocators convert implicitly
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  bool operator==(const LineAligned&) const { return true; }
+  bool operator!=(const LineAligned&) const { return false; }
+};
 
 struct Scratch {
-  std::vector<float> x, c, h, u, a1, a2, out, z;
-  std::vector<uint16_t> hb, a1b, a2b;  // bf16 layers (rows of an even width)
+  std::vector<float, LineAligned<float>> x, c, h, u, a1, a2, out, z;
+  std::vector<uint16_t, LineAligned<uint16_t>> hb, a1b, a2b;  // bf16 layers (even-width rows)
   void ensure(int m, int hidden) {
     const size_t mh = static_cast<size_t>(kTile) * hidden, mm = static_cast<size_t>(kTile) * m;
     if (x.size() >= mm && h.size() >= mh) return;
@@ -42,6 +63,13 @@ struct Scratch {
     h.assign(mh, 0.f); u.assign(mh, 0.f); a1.assign(mh, 0.f); a2.assign(mh, 0.f);
   }
 };
+
+// The calling thread's scratch, large enough for a tile of (m, hidden).
+Scratch& own_scratch(int m, int hidden) {
+  thread_local Scratch scratch;
+  scratch.ensure(m, hidden);
+  return scratch;
+}
 
 // A layer's operands as the kernels read them. f32: activations A[r, k] at a[r * lda + k] and
 // weights W[k, n] at w[k * ldw + n].
@@ -72,6 +100,98 @@ F32Operands f32_operands(const float* a, int64_t lda, const CpuPack& p, const Pa
 Bf16Operands bf16_operands(const uint16_t* a, int64_t lda, const CpuPack& p,
                            const PackedMatrix& w) {
   return {a, lda, p.pairs.get() + w.pair_offset, w.ld, (w.k + 1) / 2};
+}
+
+// The columns [lo, hi) of a layer of n columns that one share of it computes.
+struct Cols {
+  int lo, hi, n;
+};
+
+// Share `part` of `parts` of n columns: whole blocks of 32 (a multiple of every level's vector
+// and of an AMX column block), the last share ending at n.
+inline Cols share_of(int n, int part, int parts) {
+  const int blocks = (n + 31) / 32;
+  const int lo = 32 * (blocks * part / parts), hi = 32 * (blocks * (part + 1) / parts);
+  return {std::min(lo, n), std::min(hi, n), n};
+}
+
+// A tile's stages (TileRun in sampler_kernels.inc): 0 the condition's first layer and the start
+// noise, 1 its folded layer, then two per step: the x layer and the second layer, then the
+// output layer with the update (the last step's maps to allocations). Stage 1's layer and each
+// step's second layer split by columns; the rest run whole.
+inline int stage_count(int steps) { return 2 + 2 * steps; }
+inline bool stage_splits(int stage) { return stage == 1 || (stage >= 2 && stage % 2 == 0); }
+
+// The stages of one tile shared by a team. Every member walks the stages in order: it waits until
+// the stages before are done, then claims the parts of the stage it can, its own part first (the
+// member of rank r prefers part r, so each member keeps streaming the same columns of the
+// weights from its own cache, step after step), then any part left. A member that arrives late
+// finds the parts already done claimed, and one alone runs every part, so the work is done
+// whoever comes.
+#ifdef AIGX_DEBUG_TEAM
+}  // namespace
+uint64_t debug_wait[4], debug_work[4][3];
+namespace {
+#endif
+class StageTeam {
+ public:
+  StageTeam(int stages, int parts) : stages_(stages), parts_(parts), claimed_(new Mask[stages]) {}
+
+  int parts() const { return parts_; }
+  // The rank of a member joining now (the caller, first, is 0); >= parts(): nothing for it.
+  int join() { return ranks_.fetch_add(1, std::memory_order_relaxed); }
+
+  // Runs this member's share of the stages; `run(stage, part, parts)` returns the invalid rows
+  // it found, summed here.
+  template <typename Run>
+  int run(int rank, Run&& run_part) {
+    int invalid = 0;
+    int first = 0;  // parts in the stages before `st`
+    for (int st = 0; st < stages_; ++st) {
+      const int n = stage_splits(st) ? parts_ : 1;
+      const uint32_t all = n == 32 ? ~0u : (1u << n) - 1;
+      if (claimed_[st].bits.load(std::memory_order_relaxed) != all) {
+#ifdef AIGX_DEBUG_TEAM
+        const uint64_t t0 = __rdtsc();
+#endif
+        while (done_.load(std::memory_order_acquire) < first) spin_pause();
+#ifdef AIGX_DEBUG_TEAM
+        const uint64_t t1 = __rdtsc();
+        debug_wait[rank] += t1 - t0;
+#endif
+        for (int q = 0; q < n; ++q) {
+          const int part = (rank + q) % n;
+          const uint32_t bit = 1u << part;
+          if ((claimed_[st].bits.fetch_or(bit, std::memory_order_relaxed) & bit) != 0) continue;
+          invalid += run_part(st, part, n);
+#ifdef AIGX_DEBUG_TEAM
+          debug_work[rank][st % 3] += __rdtsc() - t1;
+#endif
+          done_.fetch_add(1, std::memory_order_acq_rel);
+        }
+      }
+      first += n;
+    }
+    return invalid;
+  }
+
+ private:
+  struct alignas(64) Mask {
+    std::atomic<uint32_t> bits{0};
+  };
+  const int stages_, parts_;
+  std::unique_ptr<Mask[]> claimed_;
+  alignas(64) std::atomic<int> done_{0};  // parts done, over all stages
+  alignas(64) std::atomic<int> ranks_{0};
+};
+
+// Runs the stages alone (team null: every stage whole) or as the member `rank` of `team`.
+template <typename Run>
+int run_stages(int stages, StageTeam* team, int rank, Run&& run) {
+  if (team != nullptr) return team->run(rank, run);
+  int invalid = 0;
+  for (int st = 0; st < stages; ++st) invalid += run(st, 0, 1);
+  return invalid;
 }
 
 // The two bf16 halves of a pair as floats, and a float's bf16 bits (nearest even, subnormals as
@@ -131,7 +251,7 @@ inline uint16_t bf16_bits(float x) {
 #undef AIGX_K_BF16
 
 using TileFn = int (*)(const FusedSpec&, const CpuPack&, const float*, int64_t, int, const double*,
-                       bool, const float*, uint64_t, int, float*, Scratch&);
+                       bool, const float*, uint64_t, int, float*, Scratch&, StageTeam*, int);
 
 // The active level's tiles; bf16 at the AVX-512 level uses the BF16 dot products where the CPU
 // has them (every other level computes the same sums with FMAs).
@@ -222,16 +342,32 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
                          uint64_t seed, int mode, float* power) {
   const int64_t tiles = (spec.rows_total + kTile - 1) / kTile;
   const TileFn sample_tile = tile_function(pack.precision);
+  ThreadPool& pool = ThreadPool::instance();
+  const int parts = std::min(pool.num_threads(), spec.hidden / kTeamShare);
+  if (tiles == 1 && parts > 1) {
+    // One tile (B <= kTile, a decision's latency): its layers' columns shared by the pool.
+    Scratch& scratch = own_scratch(spec.m, spec.hidden);  // the caller's, for every member
+    StageTeam team(stage_count(spec.steps), parts);
+    std::atomic<int64_t> invalid{0};
+    const auto rows = static_cast<int>(spec.rows_total);
+    pool.share([&] {
+      const int rank = team.join();
+      if (rank >= team.parts()) return;
+      const int bad = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power, noise,
+                                  seed, mode, power, scratch, &team, rank);
+      if (bad != 0) invalid.fetch_add(bad, std::memory_order_relaxed);
+    });
+    return invalid.load();
+  }
   std::atomic<int64_t> invalid{0};
-  ThreadPool::instance().parallel_for(tiles, 1, [&](int64_t t0, int64_t t1) {
-    thread_local Scratch scratch;
-    scratch.ensure(spec.m, spec.hidden);
+  pool.parallel_for(tiles, 1, [&](int64_t t0, int64_t t1) {
+    Scratch& scratch = own_scratch(spec.m, spec.hidden);
     int64_t bad = 0;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t row0 = t * kTile;
       const int rows = static_cast<int>(std::min<int64_t>(kTile, spec.rows_total - row0));
       bad += sample_tile(spec, pack, gains, row0, rows, total_power, per_row_power, noise, seed,
-                         mode, power, scratch);
+                         mode, power, scratch, nullptr, 1);
     }
     if (bad != 0) invalid.fetch_add(bad, std::memory_order_relaxed);
   });

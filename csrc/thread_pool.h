@@ -1,11 +1,16 @@
-// The core's one CPU thread pool. Rows are split into chunks that the calling thread and a few
-// persistent workers take from an atomic counter. It is a plain std::thread pool on purpose:
-// PyTorch already brings an OpenMP runtime, and a second one in the same process fights it for
-// cores. Python sets the size (aigxctl.core.set_num_threads); calls are serialised so concurrent
-// Python threads (the GIL is released during compute) cannot interleave jobs. Workers start on
-// the first job big enough to split, and again after a resize or a fork: a forked child (the
-// default for multiprocessing and DataLoader workers on Linux) inherits the pool but none of its
-// threads, so fork handlers hold the pool still across fork() and rebuild it in the child.
+// The core's one CPU thread pool: the calling thread and a few persistent workers share a job.
+// It is a plain std::thread pool on purpose: PyTorch already brings an OpenMP runtime, and a
+// second one in the same process fights it for cores. Python sets the size
+// (aigxctl.core.set_num_threads); calls are serialised so concurrent Python threads (the GIL is
+// released during compute) cannot interleave jobs.
+// A job never waits for a worker to wake: the caller starts on it at once, and a worker joins
+// whatever is left when it arrives (the job's work is taken from shared counters, so it is done
+// the same whoever does it). After a job, workers spin for a short while before they sleep, so
+// back-to-back calls (one decision after another) find them awake.
+// Workers start on the first job big enough to share, and again after a resize or a fork: a
+// forked child (the default for multiprocessing and DataLoader workers on Linux) inherits the
+// pool but none of its threads, so fork handlers hold the pool still across fork() and rebuild
+// it in the child.
 #pragma once
 
 #include <atomic>
@@ -18,17 +23,26 @@
 
 namespace aigx {
 
+// One step of a busy wait (a pause hint to the core; the other hyper-thread gets the slot).
+void spin_pause();
+
 class ThreadPool {
  public:
   static ThreadPool& instance();
 
-  // Total threads used by parallel_for, the caller included (>= 1).
-  int num_threads() const { return num_threads_; }
+  // Total threads a job may use, the caller included (>= 1).
+  int num_threads() const { return num_threads_.load(std::memory_order_relaxed); }
   void set_num_threads(int n);
 
   // Calls fn(begin, end) on disjoint ranges covering [0, n). Ranges hold at least `grain`
   // items; small jobs run inline on the caller, with no hand-off cost.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+  // Calls work() on the calling thread and on each worker that joins while the caller's call
+  // runs (none, some or all of them, each at most once); returns when every call has returned.
+  // work() must take its share from state shared by the calls and finish the job when it runs
+  // alone. With one thread it is the caller's call alone.
+  void share(const std::function<void()>& work);
 
   ~ThreadPool();
 
@@ -37,27 +51,28 @@ class ThreadPool {
   void start_workers(int n_workers);
   void stop_workers();
   void worker_loop(uint64_t seen);
-  void run_chunks();
+  // Waits for a job newer than `seen` (spinning, then asleep); false when stopping.
+  bool wait_for_job(uint64_t seen);
 
   // pthread_atfork handlers, registered once by the constructor.
   static void before_fork();
   static void after_fork_in_parent();
   static void after_fork_in_child();
 
-  int num_threads_ = 1;
+  std::atomic<int> num_threads_{1};
   bool started_ = false;  // workers_ holds num_threads_ - 1 running workers
   std::vector<std::thread> workers_;
   std::mutex job_mutex_;  // one job at a time
-  std::mutex mutex_;
+  uint64_t generation_ = 0;  // the last job posted (under job_mutex_)
+  const std::function<void()>* work_ = nullptr;
+  // generation << 1 | open: workers join the job while it is open.
+  alignas(64) std::atomic<uint64_t> state_{0};
+  // Workers inside a job's work (or about to check whether it is still open).
+  alignas(64) std::atomic<int> active_{0};
+  alignas(64) std::atomic<int> sleepers_{0};
+  std::atomic<bool> stopping_{false};
+  std::mutex mutex_;  // guards the sleep of workers_
   std::condition_variable wake_;
-  std::condition_variable done_;
-  uint64_t generation_ = 0;
-  bool stopping_ = false;
-  int busy_ = 0;
-  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0;
-  int64_t chunk_ = 1;
-  std::atomic<int64_t> next_{0};
 };
 
 }  // namespace aigx

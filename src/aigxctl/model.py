@@ -10,7 +10,8 @@ Linear(H,M). Module names matter: aigxctl.fused packs the trained weights by the
 from __future__ import annotations
 
 import math
-import secrets
+import os
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,12 @@ BACKENDS = ("auto", "fused", "torch")
 # Candidates per row for best_of: each one is a full sampling pass over the batch (and as much
 # memory), and past a few dozen the best of them hardly improves.
 MAX_BEST_OF = 1024
+
+# Fresh noise seeds for calls without one: a private Mersenne Twister (a getrandom() call per
+# decision costs more than the decision's Python), seeded from the OS, and again in a forked
+# child so that two processes do not draw the same noise.
+_seeds = random.Random()
+os.register_at_fork(after_in_child=_seeds.seed)
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -88,8 +95,9 @@ class Regressor(nn.Module):
 
 
 def _as_gains(gains: Any, m: int, validate: bool = True) -> tuple[np.ndarray, bool]:
-    """Gains as float64 [B, M] NumPy (validated unless ``validate`` is false: the fused sampler
-    validates in its own row loop) and whether the input was one vector."""
+    """Gains as [B, M] NumPy and whether the input was one vector: float64 and validated, or,
+    with ``validate`` false, float32 or float64 as given (the fused sampler takes both and
+    validates in its own row loop)."""
     g = gains.detach().cpu().numpy() if core.is_torch(gains) else np.asarray(gains)
     single = g.ndim == 1
     g = g.reshape(1, -1) if g.ndim < 2 else g  # np.atleast_2d: a micro-second more at B = 1
@@ -98,9 +106,11 @@ def _as_gains(gains: Any, m: int, validate: bool = True) -> tuple[np.ndarray, bo
             f"the model was trained for M = {m} channels, but the gains have "
             f"{g.shape[-1] if g.ndim else 0} columns"
         )
-    g = np.asarray(g, dtype=np.float64)
     if validate:
+        g = np.asarray(g, dtype=np.float64)
         core.check_gains(g)
+    elif g.dtype != np.float32:
+        g = np.asarray(g, dtype=np.float64)
     return g, single
 
 
@@ -120,12 +130,13 @@ def _like(gains: Any, power: np.ndarray) -> Any:
     return torch.as_tensor(power, dtype=dtype, device=gains.device)
 
 
-def _on_gpu(gains: Any, weights: torch.device) -> torch.device | None:
+def _on_gpu(gains: Any, weights: torch.Tensor) -> torch.device | None:
     """The GPU to allocate on, or None for the CPU path: where CUDA-tensor gains are, else the
-    model's own device (``weights``) when it lives on a GPU (``load_model(dir, device="cuda")``)."""
+    device of the model's weights (a parameter of them: ``weights``) when it is a GPU
+    (``load_model(dir, device="cuda")``)."""
     if core.is_torch(gains) and gains.is_cuda:
         return gains.device
-    return weights if weights.type == "cuda" else None
+    return weights.device if weights.is_cuda else None
 
 
 def _gains_on(gains: Any, m: int, dev: torch.device) -> tuple[torch.Tensor, bool]:
@@ -205,9 +216,13 @@ class GDM:
         on every call (at B = 1 that walk costs a tenth of a decision): a parameter's device
         follows the module's ``.to()``, which moves parameters in place (code that replaces
         parameter objects calls :meth:`weights_changed`, as training does)."""
+        return self.weights_probe().device
+
+    def weights_probe(self) -> torch.Tensor:
+        """A parameter of the denoiser, whose ``device`` is :meth:`weights_device`."""
         if self._probe is None:
             self._probe = next(self.denoiser.parameters())
-        return self._probe.device
+        return self._probe
 
     def normalise(self, gains: torch.Tensor) -> torch.Tensor:
         mean = torch.as_tensor(self.cond_mean, dtype=gains.dtype, device=gains.device)
@@ -307,9 +322,9 @@ class GDM:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_BEST_OF:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         budget = self.total_power if total_power is None else total_power
-        seed = secrets.randbits(63) if seed is None else _check_seed(seed)
+        seed = _seeds.getrandbits(63) if seed is None else _check_seed(seed)
         core.check_precision(precision)
-        dev = _on_gpu(gains, self.weights_device())
+        dev = _on_gpu(gains, self.weights_probe())
         if dev is not None:
             if precision != "f32":
                 raise UserError(f"precision {precision} runs on the CPU only, not on {dev}")
@@ -397,7 +412,7 @@ class MLPAllocator:
         self, gains: Any, total_power: float | np.ndarray | None = None, **_: Any
     ) -> np.ndarray:
         budget = self.total_power if total_power is None else total_power
-        dev = _on_gpu(gains, self.device)
+        dev = _on_gpu(gains, next(self.net.parameters()))
         if dev is not None:  # tensors all the way (run where the network is)
             g, single = _gains_on(gains, self.m, dev)
             p = self._forward(g.to(self.device), core.power_rows(budget, g.shape[0]))

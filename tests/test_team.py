@@ -1,0 +1,104 @@
+"""A lone tile (B <= 16: a decision's latency) shared by the core's threads: its layers' columns
+split between the calling thread and the pool's workers, a worker joining whatever is left when
+it wakes. The sums are the same whoever computes a column, so the allocations equal those of one
+thread to the bit, at every level, in both precisions, however many threads share the tile."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from models import make_gdm
+
+from aigxctl import core
+from aigxctl.errors import UserError
+
+LEVELS = core.isa_available()
+
+pytestmark = pytest.mark.usefixtures("restore_isa")
+
+
+@pytest.fixture
+def restore_threads():
+    before = core.num_threads()
+    yield
+    core.set_num_threads(before)
+
+
+def sample(sampler, gains, threads, **kw):
+    core.set_num_threads(threads)
+    return sampler.sample(gains, 0.2, **kw)
+
+
+# 128: two shares of 64 (the narrowest shared); 200 and 300: shares that are not a multiple of
+# the vector width, the last ending in a scalar tail; 256: the usual width.
+@pytest.mark.parametrize("hidden", [128, 200, 256, 300])
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_a_shared_tile_equals_one_thread(hidden, precision, restore_threads):
+    sampler = make_gdm(20, hidden, 6, "eps", seed=3).fused_sampler()
+    rng = np.random.default_rng(hidden)
+    gains = rng.uniform(0.5, 8, (16, 20))
+    z = rng.standard_normal((7, 16, 20)).astype(np.float32)
+    for level in LEVELS:
+        core.set_isa(level)
+        for rows in (1, 3, 16):
+            for mode in ("ddim", "ancestral"):
+                kw = dict(mode=mode, noise=z[:, :rows], precision=precision)
+                alone = sample(sampler, gains[:rows], 1, **kw)
+                for threads in (2, 3, 5):
+                    shared = sample(sampler, gains[:rows], threads, **kw)
+                    np.testing.assert_array_equal(shared, alone, err_msg=f"{level} {threads}")
+            # Philox noise drawn in the core too.
+            alone = sample(sampler, gains[:rows], 1, mode="ancestral", seed=11)
+            shared = sample(sampler, gains[:rows], 2, mode="ancestral", seed=11)
+            np.testing.assert_array_equal(shared, alone)
+
+
+def test_a_worker_that_wakes_late_joins_what_is_left(restore_threads):
+    # After a pause the pool's workers sleep, so the caller starts the tile alone and a worker
+    # joins mid-way (or not at all): the result cannot depend on when it came.
+    sampler = make_gdm(20, 256, 6, "x0", seed=4).fused_sampler()
+    gains = np.random.default_rng(1).uniform(0.5, 8, (1, 20))
+    expected = sample(sampler, gains, 1, mode="ddim", seed=0)
+    core.set_num_threads(2)
+    for pause in (0.0, 0.0002, 0.0005, 0.001, 0.002) * 4:
+        time.sleep(pause)
+        np.testing.assert_array_equal(sampler.sample(gains, 0.2, mode="ddim", seed=0), expected)
+
+
+def test_an_invalid_gain_in_a_shared_tile_is_named(restore_threads):
+    sampler = make_gdm(20, 256, 6, "eps", seed=5).fused_sampler()
+    gains = np.random.default_rng(2).uniform(0.5, 8, (5, 20))
+    gains[3, 7] = np.nan
+    core.set_num_threads(2)
+    with pytest.raises(UserError, match=r"gains\[3, 7\]"):
+        sampler.sample(gains, 0.2, mode="ddim", seed=0)
+    gains[3, 7] = 1.0  # the tile's state is not left behind for the next call
+    ok = sampler.sample(gains, 0.2, mode="ddim", seed=0)
+    np.testing.assert_array_equal(ok, sample(sampler, gains, 1, mode="ddim", seed=0))
+
+
+def test_python_threads_sharing_the_pool_get_their_own_results(restore_threads):
+    # Jobs are serialised: lone tiles (shared by the pool) and batches from several Python
+    # threads at once each get what they get alone.
+    sampler = make_gdm(20, 256, 6, "eps", seed=6).fused_sampler()
+    rng = np.random.default_rng(3)
+    inputs = [rng.uniform(0.5, 8, (b, 20)) for b in (1, 1, 7, 64, 1, 300)]
+    core.set_num_threads(2)
+    expected = [sampler.sample(g, 0.2, mode="ddim", seed=i) for i, g in enumerate(inputs)]
+    errors = []
+
+    def run(i):
+        try:
+            for _ in range(30):
+                got = sampler.sample(inputs[i], 0.2, mode="ddim", seed=i)
+                np.testing.assert_array_equal(got, expected[i])
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in threads)
