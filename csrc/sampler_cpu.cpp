@@ -31,6 +31,7 @@ constexpr int kTile = 16;  // samples per task; activations of a tile stay in L1
 // A lone tile's layers are shared by up to hidden / kTeamShare threads: a share narrower than
 // this does not pay for the hand-offs between the stages.
 constexpr int kTeamShare = 64;
+constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (StageTeam)
 
 // Cache-line aligned rows: a team's members write neighbouring columns of one layer, and a line
 // that held the end of one share and the start of the next would bounce between their cores.
@@ -128,11 +129,6 @@ inline bool stage_splits(int stage) { return stage == 1 || (stage >= 2 && stage 
 // weights from its own cache, step after step), then any part left. A member that arrives late
 // finds the parts already done claimed, and one alone runs every part, so the work is done
 // whoever comes.
-#ifdef AIGX_DEBUG_TEAM
-}  // namespace
-uint64_t debug_wait[4], debug_work[4][3];
-namespace {
-#endif
 class StageTeam {
  public:
   StageTeam(int stages, int parts) : stages_(stages), parts_(parts), claimed_(new Mask[stages]) {}
@@ -151,22 +147,12 @@ class StageTeam {
       const int n = stage_splits(st) ? parts_ : 1;
       const uint32_t all = n == 32 ? ~0u : (1u << n) - 1;
       if (claimed_[st].bits.load(std::memory_order_relaxed) != all) {
-#ifdef AIGX_DEBUG_TEAM
-        const uint64_t t0 = __rdtsc();
-#endif
         while (done_.load(std::memory_order_acquire) < first) spin_pause();
-#ifdef AIGX_DEBUG_TEAM
-        const uint64_t t1 = __rdtsc();
-        debug_wait[rank] += t1 - t0;
-#endif
         for (int q = 0; q < n; ++q) {
           const int part = (rank + q) % n;
           const uint32_t bit = 1u << part;
           if ((claimed_[st].bits.fetch_or(bit, std::memory_order_relaxed) & bit) != 0) continue;
           invalid += run_part(st, part, n);
-#ifdef AIGX_DEBUG_TEAM
-          debug_work[rank][st % 3] += __rdtsc() - t1;
-#endif
           done_.fetch_add(1, std::memory_order_acq_rel);
         }
       }
@@ -343,7 +329,7 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
   const int64_t tiles = (spec.rows_total + kTile - 1) / kTile;
   const TileFn sample_tile = tile_function(pack.precision);
   ThreadPool& pool = ThreadPool::instance();
-  const int parts = std::min(pool.num_threads(), spec.hidden / kTeamShare);
+  const int parts = std::min({pool.num_threads(), spec.hidden / kTeamShare, kTeamMax});
   if (tiles == 1 && parts > 1) {
     // One tile (B <= kTile, a decision's latency): its layers' columns shared by the pool.
     Scratch& scratch = own_scratch(spec.m, spec.hidden);  // the caller's, for every member

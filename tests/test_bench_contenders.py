@@ -101,13 +101,16 @@ def test_the_equality_check_leaves_out_a_wrong_contender(tmp_path):
     assert contest.last_diff["fused"] <= 1e-5 and contest.last_diff["torch"] == 0
 
 
-def test_rounds_alternate_and_give_one_sample_per_round():
-    calls = []
+def test_rounds_alternate_and_give_one_sample_per_round(monkeypatch):
+    calls, sleeps = [], []
+    monkeypatch.setattr(bench.time, "sleep", sleeps.append)
     fns = {n: (lambda n=n: calls.append(n)) for n in ("a", "b", "c")}
     samples = bench._rounds(fns, 3, 0.0)
     assert {n: len(s) for n, s in samples.items()} == {"a": 3, "b": 3, "c": 3}
     timed = calls[6:]  # after two warm-up calls each
-    assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    # Each sample: a quiet pause, one untimed call, then the timed one; the order rotates.
+    assert timed == [n for n in "abcbcacab" for _ in range(2)]
+    assert sleeps == [bench.SETTLE_S] * 9
 
 
 def test_fma_peak_without_a_compiler_falls_back_to_gemm(monkeypatch):

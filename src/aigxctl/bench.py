@@ -237,6 +237,9 @@ EQUAL_ATOL = 1e-5
 ATOL = {"fused_bf16": 2e-3}
 # The seed of the decisions timed (its Philox start noise is the runtimes' input).
 DECISION_SEED = 1
+# Quiet time before each timed sample of bench sample's rounds (_rounds), longer than the
+# runtimes' thread pools spin after a call (OpenMP's default spin is about a millisecond).
+SETTLE_S = 0.02
 
 
 def decision_flops(m: int, hidden: int, steps: int) -> int:
@@ -676,7 +679,11 @@ def _rounds(fns: dict[str, Callable[[], object]], rounds: int, min_seconds: floa
             ) -> dict[str, list[float]]:  # fmt: skip
     """Seconds per call of each function, one sample per round: each sample times enough calls
     to last ``min_seconds``, and the functions alternate round by round (the order rotated each
-    round), so a slow spell of a shared machine falls on all of them."""
+    round), so a slow spell of a shared machine falls on all of them. Before each sample the
+    machine is left alone for ``SETTLE_S`` (the previous contender's threads spin a while after
+    their last call: OpenMP's, ONNX Runtime's, OpenVINO's and the core's own) and the function
+    is called once untimed, so each contender is timed as a pipeline calling it alone would
+    see it."""
     inner = {}
     for name, fn in fns.items():
         fn()  # warm-up
@@ -688,6 +695,8 @@ def _rounds(fns: dict[str, Callable[[], object]], rounds: int, min_seconds: floa
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn, count = fns[name], inner[name]
+            time.sleep(SETTLE_S)
+            fn()
             start = time.perf_counter()
             for _ in range(count):
                 fn()
