@@ -105,7 +105,7 @@ PrecisionOption = Annotated[
         "--precision",
         help="gdm's fused CPU sampler: f32, or bf16 (the hidden layers' products in bfloat16, "
         "on AMX or AVX-512 BF16 where the CPU has them: see 'aigxctl info'; on the trained "
-        "models in the README its fraction of the optimum is within 0.005 points of f32's).",
+        "models in the README its fraction of the optimum is within 0.01 points of f32's).",
     ),
 ]
 
