@@ -322,6 +322,10 @@ PYBIND11_MODULE(_core, m) {
       "set_fp_mode", [](uint64_t v) { aigx::set_fp_mode(v); }, py::arg("mode"),
       "Set the calling thread's control word (for tests of fp_mode; not for normal use).");
 
+  m.def("set_lone_tile", &aigx::set_lone_tile, py::arg("how"),
+        "How a lone tile (B <= 16) runs: 0 auto (shared by the pool's threads or alone, "
+        "whichever was faster lately), 1 shared, 2 alone.");
+  m.def("lone_tile", &aigx::lone_tile);
   m.def("num_threads", [] { return aigx::ThreadPool::instance().num_threads(); },
         "Threads the core's CPU pool uses, the caller included.");
   m.def("set_num_threads", [](int n) { aigx::ThreadPool::instance().set_num_threads(n); },

@@ -10,6 +10,7 @@
 //         (the operand order of AVX-512 BF16's dot product), rows of `ld` pairs.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -30,6 +31,13 @@ struct PackedMatrix {
   int64_t pair_offset = 0;
 };
 
+// What a lone tile of `rows` rows has cost lately, shared by the pool's threads and on the
+// calling thread alone (a running mean of the calls, ns; 0 until measured), and when the
+// choice last tried the slower one (lone_tile_shared in sampler_cpu.cpp).
+struct LoneTileTimes {
+  std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0};
+};
+
 struct CpuPack {
   int m = 0, hidden = 0, steps = 0;
   int precision = kF32;
@@ -39,6 +47,7 @@ struct CpuPack {
   // f32 weights or bf16 pairs (one uint32 per pair), 64-byte aligned.
   std::unique_ptr<float[], void (*)(void*)> weights{nullptr, std::free};
   std::unique_ptr<uint32_t[], void (*)(void*)> pairs{nullptr, std::free};
+  mutable LoneTileTimes lone_tile[16];  // by rows - 1 (kTile rows at most)
 };
 
 // Copies `pack` (PackLayout of (m, hidden, steps)) into a CPU pack of `precision`.

@@ -50,6 +50,13 @@ struct CpuPack;  // cpu_pack.h
 int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float* gains,
                          const double* total_power, bool per_row_power, const float* noise,
                          uint64_t seed, int mode, float* power);
+// How a lone tile (B <= 16) runs: kLoneTileAuto (the default) shares it between the pool's
+// threads or runs it on the caller alone, whichever has been faster lately (a busy core makes
+// sharing slower than not); the other two force one way (tests, measurements). The results are
+// the same either way.
+enum LoneTile : int { kLoneTileAuto = 0, kLoneTileShared = 1, kLoneTileAlone = 2 };
+void set_lone_tile(int how);
+int lone_tile();
 // Same, all pointers on GPU `device`, launched on `stream`.
 void fused_sample_cuda(int device, const FusedSpec& spec, const float* pack, const float* gains,
                        const double* total_power, bool per_row_power, const float* noise,

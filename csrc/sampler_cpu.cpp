@@ -8,6 +8,8 @@
 // call. The network runs with subnormals flushed (fp_mode.h) on every thread that runs a tile.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <stdexcept>
 #include <cstring>
 #include <new>
 #include <type_traits>
@@ -32,6 +34,9 @@ constexpr int kTile = 16;  // samples per task; activations of a tile stay in L1
 // this does not pay for the hand-offs between the stages.
 constexpr int kTeamShare = 64;
 constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (StageTeam)
+// How often kLoneTileAuto tries the way it found slower (ns): rarely enough that a slow try
+// costs nothing in the mean, often enough to follow a machine whose other work comes and goes.
+constexpr int64_t kLoneTileRetry = 50'000'000;
 
 // Cache-line aligned rows: a team's members write neighbouring columns of one layer, and a line
 // that held the end of one share and the start of the next would bounce between their cores.
@@ -323,6 +328,52 @@ std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int
   return p;
 }
 
+namespace {
+
+std::atomic<int> lone_tile_how{kLoneTileAuto};
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// kLoneTileAuto's choice for a lone tile whose recent costs are `t`: each way once, then the
+// faster one, and the other again every kLoneTileRetry so that a change (a core freed, or
+// taken by another process) is seen. Returns whether to share; *trial when this is that retry.
+bool lone_tile_shared(LoneTileTimes& t, int64_t now, bool* trial) {
+  const int64_t shared = t.shared_ns.load(std::memory_order_relaxed);
+  const int64_t alone = t.alone_ns.load(std::memory_order_relaxed);
+  *trial = shared == 0 || alone == 0;
+  if (shared == 0) return true;
+  if (alone == 0) return false;
+  const bool faster = shared <= alone;
+  if (now - t.tried_at_ns.load(std::memory_order_relaxed) >= kLoneTileRetry) {
+    t.tried_at_ns.store(now, std::memory_order_relaxed);
+    *trial = true;
+    return !faster;
+  }
+  return faster;
+}
+
+// A running mean of the calls' costs: a retry counts for half (one call of the other way is
+// all the evidence there is), an ordinary call for an eighth.
+void lone_tile_record(std::atomic<int64_t>& mean, int64_t ns, bool trial) {
+  const int64_t old = mean.load(std::memory_order_relaxed);
+  mean.store(old == 0 ? std::max<int64_t>(ns, 1) : old + (ns - old) / (trial ? 2 : 8),
+             std::memory_order_relaxed);
+}
+
+}  // namespace
+
+void set_lone_tile(int how) {
+  if (how != kLoneTileAuto && how != kLoneTileShared && how != kLoneTileAlone)
+    throw std::invalid_argument("lone tile: 0 auto, 1 shared, 2 alone");
+  lone_tile_how.store(how);
+}
+
+int lone_tile() { return lone_tile_how.load(); }
+
 int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float* gains,
                          const double* total_power, bool per_row_power, const float* noise,
                          uint64_t seed, int mode, float* power) {
@@ -330,20 +381,33 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
   const TileFn sample_tile = tile_function(pack.precision);
   ThreadPool& pool = ThreadPool::instance();
   const int parts = std::min({pool.num_threads(), spec.hidden / kTeamShare, kTeamMax});
-  if (tiles == 1 && parts > 1) {
-    // One tile (B <= kTile, a decision's latency): its layers' columns shared by the pool.
-    Scratch& scratch = own_scratch(spec.m, spec.hidden);  // the caller's, for every member
-    StageTeam team(stage_count(spec.steps), parts);
-    std::atomic<int64_t> invalid{0};
+  const int how = lone_tile_how.load(std::memory_order_relaxed);
+  if (tiles == 1 && parts > 1 && how != kLoneTileAlone) {
     const auto rows = static_cast<int>(spec.rows_total);
-    pool.share([&] {
-      const int rank = team.join();
-      if (rank >= team.parts()) return;
-      const int bad = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power, noise,
-                                  seed, mode, power, scratch, &team, rank);
-      if (bad != 0) invalid.fetch_add(bad, std::memory_order_relaxed);
-    });
-    return invalid.load();
+    LoneTileTimes& times = pack.lone_tile[rows - 1];
+    const int64_t start = now_ns();
+    bool trial = false;
+    const bool shared = how == kLoneTileShared || lone_tile_shared(times, start, &trial);
+    Scratch& scratch = own_scratch(spec.m, spec.hidden);  // the caller's, for every member
+    int64_t invalid = 0;
+    if (shared) {
+      // One tile (B <= kTile, a decision's latency): its layers' columns shared by the pool.
+      StageTeam team(stage_count(spec.steps), parts);
+      std::atomic<int64_t> bad_rows{0};
+      pool.share([&] {
+        const int rank = team.join();
+        if (rank >= team.parts()) return;
+        const int bad = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power,
+                                    noise, seed, mode, power, scratch, &team, rank);
+        if (bad != 0) bad_rows.fetch_add(bad, std::memory_order_relaxed);
+      });
+      invalid = bad_rows.load();
+    } else {
+      invalid = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power, noise, seed,
+                            mode, power, scratch, nullptr, 0);
+    }
+    lone_tile_record(shared ? times.shared_ns : times.alone_ns, now_ns() - start, trial);
+    return invalid;
   }
   std::atomic<int64_t> invalid{0};
   pool.parallel_for(tiles, 1, [&](int64_t t0, int64_t t1) {

@@ -151,10 +151,17 @@ void ThreadPool::share(const std::function<void()>& work) {
     { std::lock_guard<std::mutex> lock(mutex_); }  // a sleeper is in wait() or will see state_
     wake_.notify_all();
   }
+  // Closed before returning, an exception included: no worker joins from then on, and those
+  // inside are waited for, so none reads `work` after this frame is gone.
+  struct Close {
+    ThreadPool& p;
+    ~Close() {
+      p.state_.store(p.generation_ << 1);
+      while (p.active_.load(std::memory_order_acquire) != 0) spin_pause();
+      p.work_ = nullptr;
+    }
+  } close{*this};
   work();
-  state_.store(generation_ << 1);  // closed: no worker joins from now on
-  while (active_.load(std::memory_order_acquire) != 0) spin_pause();
-  work_ = nullptr;
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain,

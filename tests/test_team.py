@@ -20,9 +20,11 @@ pytestmark = pytest.mark.usefixtures("restore_isa")
 
 @pytest.fixture
 def restore_threads():
-    before = core.num_threads()
+    before, how = core.num_threads(), core.lone_tile()
+    core.set_lone_tile("shared")  # the way under test (auto may find one thread faster here)
     yield
     core.set_num_threads(before)
+    core.set_lone_tile(how)
 
 
 def sample(sampler, gains, threads, **kw):
@@ -102,3 +104,23 @@ def test_python_threads_sharing_the_pool_get_their_own_results(restore_threads):
     for t in threads:
         t.join(120)
     assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_every_way_of_running_a_lone_tile_gives_the_same(restore_threads):
+    sampler = make_gdm(20, 256, 6, "eps", seed=7).fused_sampler()
+    gains = np.random.default_rng(4).uniform(0.5, 8, (4, 20))
+    core.set_num_threads(2)
+    out = {}
+    for how in ("shared", "alone", "auto"):
+        core.set_lone_tile(how)
+        assert core.lone_tile() == how
+        # auto tries both ways in its first calls, then keeps the faster: the same results.
+        out[how] = [sampler.sample(gains, 0.2, mode="ancestral", seed=s) for s in range(6)]
+    for how in ("alone", "auto"):
+        for a, b in zip(out[how], out["shared"]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_lone_tile_refuses_an_unknown_way():
+    with pytest.raises(UserError, match="lone tile must be one of auto, shared, alone"):
+        core.set_lone_tile("both")

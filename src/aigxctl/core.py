@@ -38,12 +38,14 @@ __all__ = [
     "is_torch",
     "isa",
     "isa_available",
+    "lone_tile",
     "num_threads",
     "pack_layout",
     "philox_normals",
     "power_rows",
     "resolve_device",
     "set_isa",
+    "set_lone_tile",
     "set_num_threads",
     "sum_rate",
     "waterfill",
@@ -116,6 +118,24 @@ def fp_mode() -> int:
     elsewhere). The core flushes subnormals only inside its network evaluation and restores
     each thread's mode, so this is the same before and after every call."""
     return int(_core.fp_mode())
+
+
+LONE_TILE = ("auto", "shared", "alone")
+
+
+def lone_tile() -> str:
+    """How the fused sampler runs a lone tile (B <= 16 rows): :func:`set_lone_tile`."""
+    return LONE_TILE[int(_core.lone_tile())]
+
+
+def set_lone_tile(how: str) -> None:
+    """``auto`` (the default): a lone tile's layers are shared by the pool's threads or run on
+    the calling thread alone, whichever has been faster lately for that model and row count
+    (sharing loses when another process holds the other cores); ``shared`` or ``alone`` force
+    one way, for measurements and tests. The allocations are the same either way."""
+    if how not in LONE_TILE:
+        raise UserError(f"lone tile must be one of {', '.join(LONE_TILE)}, got {how!r}")
+    _core.set_lone_tile(LONE_TILE.index(how))
 
 
 def num_threads() -> int:
