@@ -117,7 +117,7 @@ def test_every_way_of_running_a_lone_tile_gives_the_same(restore_threads):
         # auto tries both ways in its first calls, then keeps the faster: the same results.
         out[how] = [sampler.sample(gains, 0.2, mode="ancestral", seed=s) for s in range(6)]
     for how in ("alone", "auto"):
-        for a, b in zip(out[how], out["shared"]):
+        for a, b in zip(out[how], out["shared"], strict=True):
             np.testing.assert_array_equal(a, b)
 
 
