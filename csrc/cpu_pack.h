@@ -32,10 +32,12 @@ struct PackedMatrix {
 };
 
 // What a lone tile of `rows` rows has cost lately, shared by the pool's threads and on the
-// calling thread alone (a running mean of the calls, ns; 0 until measured), and when the
-// choice last tried the slower one (lone_tile_shared in sampler_cpu.cpp).
+// calling thread alone (a running mean of the calls, ns; 0 until measured), and the trial of
+// one way in progress (lone_tile_shared in sampler_cpu.cpp).
 struct LoneTileTimes {
-  std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0};
+  std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0}, trial_best{0};
+  std::atomic<int> trial_left{0};
+  std::atomic<bool> trial_shared{false};
 };
 
 struct CpuPack {

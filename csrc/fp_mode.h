@@ -5,8 +5,9 @@
 // back that thread's previous mode when it goes out of scope (exceptions included), so the mode
 // of the caller's threads is never left changed. The sampler opens one around its network
 // evaluation on every thread that runs it (the caller and the pool's workers), and only there:
-// the step update and the map to an allocation see the caller's mode, so subnormal samples keep
-// their value. Other architectures: AArch64 sets FPCR.FZ; anything else is a no-op.
+// the step update and the map to an allocation see the caller's mode (workers take it for the
+// job, ScopedFpMode), so subnormal samples keep their value and the results do not depend on
+// which thread ran what. Other architectures: AArch64 sets FPCR.FZ; anything else is a no-op.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +52,24 @@ constexpr uint64_t kFlushDenormalBits = uint64_t{1} << 24;
 #else
 constexpr uint64_t kFlushDenormalBits = 0;
 #endif
+
+// Runs the calling thread in `mode` (another thread's fp_mode()) until the end of the scope,
+// then puts back its own: the pool's workers take the caller's mode for the caller's job, so
+// the parts of a job that run outside ScopedFlushDenormals see the caller's mode on every thread.
+class ScopedFpMode {
+ public:
+  explicit ScopedFpMode(uint64_t mode) : saved_(fp_mode()) {
+    if (mode != saved_) set_fp_mode(mode);
+  }
+  ~ScopedFpMode() {
+    if (fp_mode() != saved_) set_fp_mode(saved_);
+  }
+  ScopedFpMode(const ScopedFpMode&) = delete;
+  ScopedFpMode& operator=(const ScopedFpMode&) = delete;
+
+ private:
+  uint64_t saved_;
+};
 
 class ScopedFlushDenormals {
  public:

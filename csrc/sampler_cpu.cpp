@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <stdexcept>
 #include <cstring>
 #include <new>
@@ -37,6 +38,7 @@ constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (Stag
 // How often kLoneTileAuto tries the way it found slower (ns): rarely enough that a slow try
 // costs nothing in the mean, often enough to follow a machine whose other work comes and goes.
 constexpr int64_t kLoneTileRetry = 50'000'000;
+constexpr int kTrialCalls = 4;
 
 // Cache-line aligned rows: a team's members write neighbouring columns of one layer, and a line
 // that held the end of one share and the start of the next would bounce between their cores.
@@ -139,7 +141,8 @@ class StageTeam {
   StageTeam(int stages, int parts) : stages_(stages), parts_(parts), claimed_(new Mask[stages]) {}
 
   int parts() const { return parts_; }
-  // The rank of a member joining now (the caller, first, is 0); >= parts(): nothing for it.
+  // The rank of a member joining now, in the order they come (usually the caller first, but a
+  // worker still spinning from the last job may be quicker); >= parts(): nothing for it.
   int join() { return ranks_.fetch_add(1, std::memory_order_relaxed); }
 
   // Runs this member's share of the stages; `run(stage, part, parts)` returns the invalid rows
@@ -242,7 +245,8 @@ inline uint16_t bf16_bits(float x) {
 #undef AIGX_K_BF16
 
 using TileFn = int (*)(const FusedSpec&, const CpuPack&, const float*, int64_t, int, const double*,
-                       bool, const float*, uint64_t, int, float*, Scratch&, StageTeam*, int);
+                       bool, const float*, uint64_t, int, float*, Scratch&, Scratch&, StageTeam*,
+                       int);
 
 // The active level's tiles; bf16 at the AVX-512 level uses the BF16 dot products where the CPU
 // has them (every other level computes the same sums with FMAs).
@@ -338,30 +342,50 @@ int64_t now_ns() {
       .count();
 }
 
-// kLoneTileAuto's choice for a lone tile whose recent costs are `t`: each way once, then the
-// faster one, and the other again every kLoneTileRetry so that a change (a core freed, or
-// taken by another process) is seen. Returns whether to share; *trial when this is that retry.
+// kLoneTileAuto's choice for a lone tile whose recent costs are `t`: a trial of each way first,
+// then the faster one, and a trial of the other every kLoneTileRetry so that a change (a core
+// freed, or taken by another process) is seen. A trial is kTrialCalls calls in a row and counts
+// its fastest, since its first call pays for the other way's start (the workers' creation or
+// their wake-up after a spell alone). Returns whether to share; *trial for a trial's call.
 bool lone_tile_shared(LoneTileTimes& t, int64_t now, bool* trial) {
+  *trial = t.trial_left.load(std::memory_order_relaxed) > 0;
+  if (*trial) return t.trial_shared.load(std::memory_order_relaxed);
   const int64_t shared = t.shared_ns.load(std::memory_order_relaxed);
   const int64_t alone = t.alone_ns.load(std::memory_order_relaxed);
-  *trial = shared == 0 || alone == 0;
-  if (shared == 0) return true;
-  if (alone == 0) return false;
-  const bool faster = shared <= alone;
-  if (now - t.tried_at_ns.load(std::memory_order_relaxed) >= kLoneTileRetry) {
-    t.tried_at_ns.store(now, std::memory_order_relaxed);
-    *trial = true;
-    return !faster;
+  bool way;
+  if (shared == 0 || alone == 0) {
+    way = shared == 0;
+  } else if (now - t.tried_at_ns.load(std::memory_order_relaxed) >= kLoneTileRetry) {
+    way = shared > alone;  // the slower one, again
+  } else {
+    return shared <= alone;
   }
-  return faster;
+  t.tried_at_ns.store(now, std::memory_order_relaxed);
+  t.trial_shared.store(way, std::memory_order_relaxed);
+  t.trial_best.store(INT64_MAX, std::memory_order_relaxed);
+  t.trial_left.store(kTrialCalls, std::memory_order_relaxed);
+  *trial = true;
+  return way;
 }
 
-// A running mean of the calls' costs: a retry counts for half (one call of the other way is
-// all the evidence there is), an ordinary call for an eighth.
-void lone_tile_record(std::atomic<int64_t>& mean, int64_t ns, bool trial) {
+// A call's cost: a trial's fastest call sets the way's mean (its first) or counts for half,
+// an ordinary call for an eighth of the running mean, and for at most twice the mean, so one
+// outlier (the workers' wake-up after a pause) does not turn the choice, while a lasting
+// slowdown (the other cores taken) still doubles the mean within a few calls.
+void lone_tile_record(LoneTileTimes& t, bool shared, int64_t ns, bool trial) {
+  std::atomic<int64_t>& mean = shared ? t.shared_ns : t.alone_ns;
+  ns = std::max<int64_t>(ns, 1);
+  if (trial) {
+    if (ns < t.trial_best.load(std::memory_order_relaxed))
+      t.trial_best.store(ns, std::memory_order_relaxed);
+    if (t.trial_left.fetch_sub(1, std::memory_order_relaxed) != 1) return;
+    ns = t.trial_best.load(std::memory_order_relaxed);
+    const int64_t old = mean.load(std::memory_order_relaxed);
+    mean.store(old == 0 ? ns : (old + ns) / 2, std::memory_order_relaxed);
+    return;
+  }
   const int64_t old = mean.load(std::memory_order_relaxed);
-  mean.store(old == 0 ? std::max<int64_t>(ns, 1) : old + (ns - old) / (trial ? 2 : 8),
-             std::memory_order_relaxed);
+  mean.store(old + (std::min(ns, 2 * old) - old) / 8, std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -395,18 +419,25 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
       StageTeam team(stage_count(spec.steps), parts);
       std::atomic<int64_t> bad_rows{0};
       pool.share([&] {
+        // A member's own scratch before it joins: once it holds a share it must not throw.
+        Scratch* own = nullptr;
+        try {
+          own = &own_scratch(spec.m, spec.hidden);
+        } catch (const std::bad_alloc&) {
+          return;  // the others do its share
+        }
         const int rank = team.join();
         if (rank >= team.parts()) return;
         const int bad = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power,
-                                    noise, seed, mode, power, scratch, &team, rank);
+                                    noise, seed, mode, power, scratch, *own, &team, rank);
         if (bad != 0) bad_rows.fetch_add(bad, std::memory_order_relaxed);
       });
       invalid = bad_rows.load();
     } else {
       invalid = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power, noise, seed,
-                            mode, power, scratch, nullptr, 0);
+                            mode, power, scratch, scratch, nullptr, 0);
     }
-    lone_tile_record(shared ? times.shared_ns : times.alone_ns, now_ns() - start, trial);
+    if (how == kLoneTileAuto) lone_tile_record(times, shared, now_ns() - start, trial);
     return invalid;
   }
   std::atomic<int64_t> invalid{0};
@@ -417,7 +448,7 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
       const int64_t row0 = t * kTile;
       const int rows = static_cast<int>(std::min<int64_t>(kTile, spec.rows_total - row0));
       bad += sample_tile(spec, pack, gains, row0, rows, total_power, per_row_power, noise, seed,
-                         mode, power, scratch, nullptr, 1);
+                         mode, power, scratch, scratch, nullptr, 0);
     }
     if (bad != 0) invalid.fetch_add(bad, std::memory_order_relaxed);
   });

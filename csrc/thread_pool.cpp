@@ -3,6 +3,8 @@
 
 #include <pthread.h>
 
+#include "fp_mode.h"
+
 #include <algorithm>
 #include <chrono>
 #include <new>
@@ -70,6 +72,8 @@ void ThreadPool::after_fork_in_child() {
   p.started_ = false;
   p.stopping_.store(false);
   p.work_ = nullptr;
+  new (&p.error_mutex_) std::mutex();
+  p.error_ = nullptr;
   p.state_.store(p.generation_ << 1);  // closed: no job is open in the child
   p.active_.store(0);
   p.sleepers_.store(0);
@@ -131,7 +135,15 @@ void ThreadPool::worker_loop(uint64_t seen) {
     active_.fetch_add(1);
     const uint64_t s = state_.load();
     seen = s >> 1;
-    if ((s & 1) != 0) (*work_)();
+    if ((s & 1) != 0) {
+      try {
+        ScopedFpMode mode(work_fp_mode_);
+        (*work_)();
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
     active_.fetch_sub(1, std::memory_order_release);
   }
 }
@@ -145,23 +157,36 @@ void ThreadPool::share(const std::function<void()>& work) {
   }
   if (!started_) start_workers(threads - 1);
   work_ = &work;
+  work_fp_mode_ = fp_mode();
+  {
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    error_ = nullptr;  // one left by a job whose caller threw first
+  }
   ++generation_;
   state_.store(generation_ << 1 | 1);
   if (sleepers_.load() > 0) {
     { std::lock_guard<std::mutex> lock(mutex_); }  // a sleeper is in wait() or will see state_
     wake_.notify_all();
   }
-  // Closed before returning, an exception included: no worker joins from then on, and those
-  // inside are waited for, so none reads `work` after this frame is gone.
-  struct Close {
-    ThreadPool& p;
-    ~Close() {
-      p.state_.store(p.generation_ << 1);
-      while (p.active_.load(std::memory_order_acquire) != 0) spin_pause();
-      p.work_ = nullptr;
-    }
-  } close{*this};
-  work();
+  {
+    // Closed before going on, an exception included: no worker joins from then on, and those
+    // inside are waited for, so none reads `work` after this frame is gone.
+    struct Close {
+      ThreadPool& p;
+      ~Close() {
+        p.state_.store(p.generation_ << 1);
+        while (p.active_.load(std::memory_order_acquire) != 0) spin_pause();
+        p.work_ = nullptr;
+      }
+    } close{*this};
+    work();
+  }
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    std::swap(error, error_);
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain,

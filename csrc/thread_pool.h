@@ -3,6 +3,9 @@
 // second one in the same process fights it for cores. Python sets the size
 // (aigxctl.core.set_num_threads); calls are serialised so concurrent Python threads (the GIL is
 // released during compute) cannot interleave jobs.
+// Workers run a job in the caller's floating-point mode (fp_mode.h), so its results do not
+// depend on which thread ran which part. An exception thrown by work() on a worker is rethrown
+// by share() on the caller, once the job has ended.
 // A job never waits for a worker to wake: the caller starts on it at once, and a worker joins
 // whatever is left when it arrives (the job's work is taken from shared counters, so it is done
 // the same whoever does it). After a job, workers spin for a short while before they sleep, so
@@ -16,6 +19,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -41,7 +45,8 @@ class ThreadPool {
   // Calls work() on the calling thread and on each worker that joins while the caller's call
   // runs (none, some or all of them, each at most once); returns when every call has returned.
   // work() must take its share from state shared by the calls and finish the job when it runs
-  // alone. With one thread it is the caller's call alone.
+  // alone, and must not leave a share it took unfinished (others may wait for it) when it
+  // throws. With one thread it is the caller's call alone.
   void share(const std::function<void()>& work);
 
   ~ThreadPool();
@@ -65,6 +70,9 @@ class ThreadPool {
   std::mutex job_mutex_;  // one job at a time
   uint64_t generation_ = 0;  // the last job posted (under job_mutex_)
   const std::function<void()>* work_ = nullptr;
+  uint64_t work_fp_mode_ = 0;  // the caller's fp_mode() for work_
+  std::mutex error_mutex_;
+  std::exception_ptr error_;  // the first exception a worker's work() threw
   // generation << 1 | open: workers join the job while it is open.
   alignas(64) std::atomic<uint64_t> state_{0};
   // Workers inside a job's work (or about to check whether it is still open).

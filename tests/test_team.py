@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from models import make_gdm
 
-from aigxctl import core
+from aigxctl import _core, core, fused
+from aigxctl.diffusion import STEP_CONSTANTS
 from aigxctl.errors import UserError
 
 LEVELS = core.isa_available()
@@ -124,3 +125,45 @@ def test_every_way_of_running_a_lone_tile_gives_the_same(restore_threads):
 def test_lone_tile_refuses_an_unknown_way():
     with pytest.raises(UserError, match="lone tile must be one of auto, shared, alone"):
         core.set_lone_tile("both")
+
+
+def passthrough_sampler(m: int, hidden: int) -> fused.FusedSampler:
+    """One DDIM step whose update returns its start sample (all weights 0, so x0 = 0, and
+    sqrt_abar_prev = 0, inv_sqrt_1m_abar = sqrt_1m_abar_prev = 1): the allocation is the map of
+    the given start noise, wide enough (hidden) for a lone tile to be shared."""
+    layout = core.pack_layout(m, hidden, 1)
+    pack = np.zeros(layout["total"], dtype=np.float32)
+    pack[layout["cond_std"] : layout["cond_std"] + m] = 1.0
+    for name in ("inv_sqrt_1m_abar", "sqrt_1m_abar_prev"):
+        pack[layout["consts"] + STEP_CONSTANTS.index(name)] = 1.0
+    return fused.FusedSampler(pack=pack, m=m, hidden=hidden, steps=1, pred="x0")
+
+
+@pytest.mark.parametrize("rows", [1, 9, 40])  # a shared lone tile; tiles on both threads
+def test_every_thread_runs_the_update_in_the_callers_floating_point_mode(rows, restore_threads):
+    # Subnormal start samples: with the caller in flush-to-zero / denormals-are-zero they read
+    # as 0 in the update and the map (an equal split), without it they keep their proportions.
+    # Whichever thread runs a row's update, it must see the caller's mode.
+    m = 8
+    sampler = passthrough_sampler(m, 256)
+    x = np.linspace(1e-40, 8e-40, m, dtype=np.float32) * np.ones((rows, 1), np.float32)
+    noise = np.stack([x, np.zeros_like(x)])
+    gains = np.ones((rows, m))
+    before = core.fp_mode()
+    results = {}
+    try:
+        for threads in (1, 2):
+            core.set_num_threads(threads)  # workers start in the first pass's mode, the default
+            for flush in (False, True, False):
+                _core.set_fp_mode(before | 0x8040 if flush else before)
+                for _ in range(20):  # workers awake and asleep, any of them taking the update
+                    got = sampler.sample(gains, 0.2, mode="ddim", noise=noise)
+                    results.setdefault((flush, threads), got)
+                    np.testing.assert_array_equal(got, results[flush, threads])
+            _core.set_fp_mode(before)
+    finally:
+        _core.set_fp_mode(before)
+    for flush in (False, True):
+        np.testing.assert_array_equal(results[flush, 2], results[flush, 1])
+    if before & 0x1F80 == 0x1F80:  # x86's MXCSR, whose FTZ | DAZ bits were set
+        assert not np.array_equal(results[False, 1], results[True, 1])  # the mode mattered
