@@ -1,6 +1,7 @@
 // Fused CPU sampler: the whole reverse diffusion of the reference denoiser (all T steps, the x0
 // clamp, the posterior update and the map to a feasible allocation) in one call, over tiles of
-// samples split across the core's thread pool. Work that does not depend on the step is done
+// samples split across the core's thread pool, or, for a lone tile (a decision's latency), its
+// layers' columns shared by the pool (StageTeam). Work that does not depend on the step is done
 // once (condition branch per sample, time branch per model, see PackLayout); per step only the
 // x-dependent part of the first trunk layer, the second trunk layer and the output layer run.
 // The per-element math is shared with the CUDA kernel through denoise.h; the per-tile loops are
@@ -10,9 +11,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <stdexcept>
 #include <cstring>
+#include <memory>
 #include <new>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -39,6 +41,9 @@ constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (Stag
 // costs nothing in the mean, often enough to follow a machine whose other work comes and goes.
 constexpr int64_t kLoneTileRetry = 50'000'000;
 constexpr int kTrialCalls = 4;
+
+static_assert(sizeof(CpuPack::lone_tile) / sizeof(LoneTileTimes) >= kTile,
+              "a lone tile's costs are kept for every row count of a tile");
 
 // Cache-line aligned rows: a team's members write neighbouring columns of one layer, and a line
 // that held the end of one share and the start of the next would bounce between their cores.
