@@ -130,10 +130,18 @@ inline Cols share_of(int n, int part, int parts) {
 
 // A tile's stages (TileRun in sampler_kernels.inc): 0 the condition's first layer and the start
 // noise, 1 its folded layer, then two per step: the x layer and the second layer, then the
-// output layer with the update (the last step's maps to allocations). Stage 1's layer and each
+// output layer with the update (the last step's maps to allocations). The folded layer and each
 // step's second layer split by columns; the rest run whole.
+enum StageKind { kConditionStage, kFoldedStage, kSecondLayerStage, kOutputStage };
 inline int stage_count(int steps) { return 2 + 2 * steps; }
-inline bool stage_splits(int stage) { return stage == 1 || (stage >= 2 && stage % 2 == 0); }
+inline StageKind stage_kind(int stage) {
+  if (stage < 2) return stage == 0 ? kConditionStage : kFoldedStage;
+  return stage % 2 == 0 ? kSecondLayerStage : kOutputStage;
+}
+inline int stage_step(int stage) { return (stage - 2) / 2; }  // 0 .. steps - 1, from stage 2
+inline bool stage_splits(int stage) {
+  return stage_kind(stage) == kFoldedStage || stage_kind(stage) == kSecondLayerStage;
+}
 
 // The stages of one tile shared by a team. Every member walks the stages in order: it waits until
 // the stages before are done, then claims the parts of the stage it can, its own part first (the

@@ -530,11 +530,8 @@ def fused_sample(
         g = np.ascontiguousarray(g, dtype=g.dtype if g.dtype == np.float32 else np.float64)
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
-    if type(total_power) is float and 0.0 < total_power < math.inf:  # checked: the B = 1 path
-        p = np.array((total_power,))
-    else:
-        p = power_budget(total_power, g.shape[0])
-        p = np.array((p,)) if isinstance(p, float) else p  # one P for all rows: [1]
+    p = power_budget(total_power, g.shape[0])
+    p = np.array((p,)) if isinstance(p, float) else p  # one P for all rows: [1]
     z = None if noise is None else np.ascontiguousarray(noise, dtype=np.float32)
     power, invalid = _core.fused_sample(pack, pred, g, p, z, int(seed), mode, alloc_map)
     if invalid:  # the core counts (and NaNs) the rows with an invalid gain
