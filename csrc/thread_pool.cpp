@@ -190,7 +190,8 @@ void ThreadPool::share(const std::function<void()>& work) {
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain,
-                              const std::function<void(int64_t, int64_t)>& fn) {
+                              const std::function<void(int64_t, int64_t)>& fn,
+                              int chunks_per_thread) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t max_chunks = (n + grain - 1) / grain;
@@ -200,11 +201,9 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
     fn(0, n);
     return;
   }
-  // Many chunks per thread (each at least `grain` items, so the counter is touched rarely): a
-  // core slowed by another tenant of a shared machine, or a late worker, leaves the others at
-  // most a 32nd of its share to wait for (4 per thread: the fused sampler at B = 4096 ran 2-25 %
-  // slower on a 2-core EPYC VM).
-  const int64_t chunks = std::min(max_chunks, static_cast<int64_t>(threads) * 32);
+  // A few chunks per thread balance uneven rows (and a late worker) without much counter traffic.
+  const int64_t chunks =
+      std::min(max_chunks, static_cast<int64_t>(threads) * std::max(1, chunks_per_thread));
   const int64_t chunk = (n + chunks - 1) / chunks;
   std::atomic<int64_t> next{0};
   share([&] {

@@ -39,8 +39,10 @@ class ThreadPool {
   void set_num_threads(int n);
 
   // Calls fn(begin, end) on disjoint ranges covering [0, n). Ranges hold at least `grain`
-  // items; small jobs run inline on the caller, with no hand-off cost.
-  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+  // items, in up to `chunks_per_thread` ranges per thread handed out as threads come for them;
+  // small jobs run inline on the caller, with no hand-off cost.
+  void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn,
+                    int chunks_per_thread = 4);
 
   // Calls work() on the calling thread and on each worker that joins while the caller's call
   // runs (none, some or all of them, each at most once); returns when every call has returned.
