@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -95,11 +96,15 @@ CArray<float> float_gains(const CArray<double>& gains) {
   return out;
 }
 
+// total_power: one P for every row (a Python float: no array to build at B = 1) or float64
+// [1] or [rows]. With float64_out the allocations come back as float64 (converted here, where
+// it costs a loop, not a NumPy call, per decision).
 template <typename G>
-std::pair<CArray<float>, int64_t> fused_sample(const aigx::CpuPack& pack, int pred,
-                                               CArray<G> gains_in, CArray<double> total_power,
-                                               std::optional<CArray<float>> noise, uint64_t seed,
-                                               int mode, int alloc_map) {
+std::pair<py::array, int64_t> fused_sample(const aigx::CpuPack& pack, int pred,
+                                           CArray<G> gains_in,
+                                           std::variant<double, CArray<double>> total_power,
+                                           std::optional<CArray<float>> noise, uint64_t seed,
+                                           int mode, int alloc_map, bool float64_out) {
   require_2d(gains_in, "gains");
   const CArray<float> gains = float_gains(gains_in);
   check_mode(mode);
@@ -107,8 +112,10 @@ std::pair<CArray<float>, int64_t> fused_sample(const aigx::CpuPack& pack, int pr
   const int m = pack.m, steps = pack.steps;
   const auto spec = make_spec(m, pack.hidden, steps, pred, rows, alloc_map);
   if (gains.shape(1) != m) throw std::invalid_argument("gains must have M columns");
-  const bool per_row = total_power.size() != 1;
-  if (per_row && total_power.size() != rows)
+  const auto* p_array = std::get_if<CArray<double>>(&total_power);
+  const double* p = p_array != nullptr ? p_array->data() : &std::get<double>(total_power);
+  const bool per_row = p_array != nullptr && p_array->size() != 1;
+  if (per_row && p_array->size() != rows)
     throw std::invalid_argument("total_power must hold 1 or rows values");
   const float* z = nullptr;
   if (noise) {
@@ -117,14 +124,19 @@ std::pair<CArray<float>, int64_t> fused_sample(const aigx::CpuPack& pack, int pr
       throw std::invalid_argument("noise must be [steps + 1, rows, M]");
     z = noise->data();
   }
-  CArray<float> power({rows, static_cast<int64_t>(m)});
+  const std::vector<py::ssize_t> shape{rows, static_cast<py::ssize_t>(m)};
+  CArray<float> power(shape);
+  std::optional<CArray<double>> power64;
+  if (float64_out) power64.emplace(shape);
   int64_t invalid = 0;
   {
     py::gil_scoped_release release;
-    invalid = aigx::fused_sample_cpu(spec, pack, gains.data(), total_power.data(),
-                                     per_row, z, seed, mode, power.mutable_data());
+    invalid = aigx::fused_sample_cpu(spec, pack, gains.data(), p, per_row, z, seed, mode,
+                                     power.mutable_data());
+    if (power64) std::copy_n(power.data(), power.size(), power64->mutable_data());
   }
-  return {power, invalid};
+  if (power64) return {std::move(*power64), invalid};
+  return {std::move(power), invalid};
 }
 
 void check_dtype(int dtype) {
@@ -247,14 +259,16 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("hidden", &aigx::CpuPack::hidden)
       .def_readonly("steps", &aigx::CpuPack::steps)
       .def_readonly("precision", &aigx::CpuPack::precision);
-  m.def("fused_sample", &fused_sample<double>, py::arg("pack"), py::arg("pred"),
-        py::arg("gains"), py::arg("total_power"), py::arg("noise"), py::arg("seed"),
-        py::arg("mode"), py::arg("alloc_map") = 0);
+  // float32 gains first: overloads are tried in order, and B = 1 decisions come as float32.
   m.def("fused_sample", &fused_sample<float>, py::arg("pack"), py::arg("pred"),
         py::arg("gains"), py::arg("total_power"), py::arg("noise"), py::arg("seed"),
-        py::arg("mode"), py::arg("alloc_map") = 0,
-        "Fused reverse diffusion on the CPU: raw gains [B, M] float32 or float64 -> (allocations "
-        "[B, M] float32, the number of rows with an invalid gain, whose allocations are NaN).");
+        py::arg("mode"), py::arg("alloc_map") = 0, py::arg("float64_out") = false,
+        "Fused reverse diffusion on the CPU: raw gains [B, M] float32 or float64, total_power "
+        "a float or float64 [1] or [B] -> (allocations [B, M] float32, or float64 with "
+        "float64_out, the number of rows with an invalid gain, whose allocations are NaN).");
+  m.def("fused_sample", &fused_sample<double>, py::arg("pack"), py::arg("pred"),
+        py::arg("gains"), py::arg("total_power"), py::arg("noise"), py::arg("seed"),
+        py::arg("mode"), py::arg("alloc_map") = 0, py::arg("float64_out") = false);
   m.def(
       "fused_sample_cuda",
       [](int device, std::uintptr_t pack, int64_t pack_size, int m_, int hidden, int steps,

@@ -31,13 +31,18 @@ struct PackedMatrix {
   int64_t pair_offset = 0;
 };
 
-// What a lone tile of `rows` rows has cost lately, shared by the pool's threads and on the
-// calling thread alone (a running mean of the calls, ns; 0 until measured), and the trial of
-// one way in progress (lone_tile_shared in sampler_cpu.cpp).
+// What a lone tile of `rows` rows costs lately, shared by the pool's threads and on the calling
+// thread alone: the median of the last window of calls run each way (ns; 0 until measured), the
+// window being filled (calls of one way: the way in use, or a trial of the other) and when the
+// other way was last tried (lone_tile_shared in sampler_cpu.cpp). Relaxed atomics: calls from
+// several threads at once may mix their times, which a heuristic can afford.
 struct LoneTileTimes {
-  std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0}, trial_best{0};
-  std::atomic<int> trial_left{0};
-  std::atomic<bool> trial_shared{false};
+  static constexpr int kWindow = 16;
+  std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0};
+  std::atomic<int64_t> window[kWindow]{};
+  std::atomic<int> filled{0};
+  std::atomic<bool> window_shared{false};  // the way the window's calls ran
+  std::atomic<bool> trial{false};          // the window is a trial of the other way
 };
 
 struct CpuPack {

@@ -41,10 +41,12 @@ constexpr int kTile = 16;  // samples per task; activations of a tile stay in L1
 // this does not pay for the hand-offs between the stages.
 constexpr int kTeamShare = 64;
 constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (StageTeam)
+// A team keeps every step's second layer (StageTeam); a tile whose slots would take more runs
+// alone (1 MB: 1000 steps of one row of 256, or 64 steps of 16 rows).
+constexpr int64_t kTeamSlotBytes = 1 << 20;
 // How often kLoneTileAuto tries the way it found slower (ns): rarely enough that a slow try
 // costs nothing in the mean, often enough to follow a machine whose other work comes and goes.
 constexpr int64_t kLoneTileRetry = 50'000'000;
-constexpr int kTrialCalls = 4;
 
 static_assert(sizeof(CpuPack::lone_tile) / sizeof(LoneTileTimes) >= kTile,
               "a lone tile's costs are kept for every row count of a tile");
@@ -67,17 +69,28 @@ struct LineAligned {
   bool operator!=(const LineAligned&) const { return false; }
 };
 
+// A tile's buffers. Run alone, a tile uses one thread's Scratch for everything. Shared by a
+// team (StageTeam), the caller's holds the tile's state that the members share (c, h, u, the
+// start noise x0 and every step's second layer in a2s / a2sb), and each member's own holds what
+// it computes for itself (x, out, z, a1): the caller's own is the caller's Scratch too, which
+// is why the team's start noise is x0, not x.
 struct Scratch {
-  std::vector<float, LineAligned<float>> x, c, h, u, a1, a2, out, z;
-  std::vector<uint16_t, LineAligned<uint16_t>> hb, a1b, a2b;  // bf16 layers (even-width rows)
+  std::vector<float, LineAligned<float>> x, x0, c, h, u, a1, a2, out, z, a2s;
+  std::vector<uint16_t, LineAligned<uint16_t>> hb, a1b, a2b, a2sb;  // bf16 (even-width rows)
   void ensure(int m, int hidden) {
     const size_t mh = static_cast<size_t>(kTile) * hidden, mm = static_cast<size_t>(kTile) * m;
     if (x.size() >= mm && h.size() >= mh) return;
     const size_t mh2 = static_cast<size_t>(kTile) * ((hidden + 1) / 2 * 2);
     hb.assign(mh2, 0); a1b.assign(mh2, 0); a2b.assign(mh2, 0);
-    x.assign(mm, 0.f); c.assign(mm, 0.f); z.assign(mm, 0.f);
+    x.assign(mm, 0.f); x0.assign(mm, 0.f); c.assign(mm, 0.f); z.assign(mm, 0.f);
     out.assign(static_cast<size_t>(kTile) * ((m + 15) / 16 * 16), 0.f);
     h.assign(mh, 0.f); u.assign(mh, 0.f); a1.assign(mh, 0.f); a2.assign(mh, 0.f);
+  }
+  // A team's second layers: one slot of `rows` rows per step.
+  void ensure_step_slots(int steps, int rows, int hidden, bool bf16) {
+    const size_t n = static_cast<size_t>(steps) * rows * (bf16 ? (hidden + 1) / 2 * 2 : hidden);
+    if (bf16 && a2sb.size() < n) a2sb.assign(n, 0);
+    if (!bf16 && a2s.size() < n) a2s.assign(n, 0.f);
   }
 };
 
@@ -143,16 +156,33 @@ inline StageKind stage_kind(int stage) {
   return stage % 2 == 0 ? kSecondLayerStage : kOutputStage;
 }
 inline int stage_step(int stage) { return (stage - 2) / 2; }  // 0 .. steps - 1, from stage 2
-inline bool stage_splits(int stage) {
-  return stage_kind(stage) == kFoldedStage || stage_kind(stage) == kSecondLayerStage;
+
+// How a team runs a stage: its parts claimed by the members (split by columns, or one part
+// whole), or run by every member for itself. The steps' output layers but the last are run by
+// every member on its own copy of x: a step then needs one hand-off between the cores (its
+// second layer's shares), not two (the second layer's, then the one member's output layer and
+// update). The last one maps x to the allocations and is run once.
+enum StageRole { kSplitStage, kWholeStage, kEveryMemberStage };
+inline StageRole stage_role(int stage, int stages) {
+  switch (stage_kind(stage)) {
+    case kFoldedStage:
+    case kSecondLayerStage: return kSplitStage;
+    case kOutputStage: return stage == stages - 1 ? kWholeStage : kEveryMemberStage;
+    case kConditionStage: break;
+  }
+  return kWholeStage;
 }
 
 // The stages of one tile shared by a team. Every member walks the stages in order: it waits until
-// the stages before are done, then claims the parts of the stage it can, its own part first (the
-// member of rank r prefers part r, so each member keeps streaming the same columns of the
-// weights from its own cache, step after step), then any part left. A member that arrives late
-// finds the parts already done claimed, and one alone runs every part, so the work is done
-// whoever comes.
+// the claimed stages before are done, then claims the parts of the stage it can, its own part
+// first (the member of rank r prefers part r, so each member keeps streaming the same columns
+// of the weights from its own cache, step after step), then any part left; it runs an
+// every-member stage itself. A member that arrives late finds the parts already done claimed
+// (and catches up on its copy of x with the output layers), and one alone runs every part, so
+// the work is done whoever comes. A member that finds the next step's second layer already
+// claimed leaves: it is behind, and the others finish the tile. Each step's second layer has its
+// own slot (Scratch::a2s), so a member still reading one (its output layer) while the others are
+// steps ahead never sees it overwritten.
 class StageTeam {
  public:
   StageTeam(int stages, int parts) : stages_(stages), parts_(parts), claimed_(new Mask[stages]) {}
@@ -167,11 +197,17 @@ class StageTeam {
   template <typename Run>
   int run(int rank, Run&& run_part) {
     int invalid = 0;
-    int first = 0;  // parts in the stages before `st`
+    int first = 0;  // claimed parts in the stages before `st`
     for (int st = 0; st < stages_; ++st) {
-      const int n = stage_splits(st) ? parts_ : 1;
-      const uint32_t all = n == 32 ? ~0u : (1u << n) - 1;
-      if (claimed_[st].bits.load(std::memory_order_relaxed) != all) {
+      const StageRole role = stage_role(st, stages_);
+      if (role == kEveryMemberStage) {
+        if (full(st + 1)) return invalid;
+        while (done_.load(std::memory_order_acquire) < first) spin_pause();
+        invalid += run_part(st, 0, 1);
+        continue;
+      }
+      const int n = role == kSplitStage ? parts_ : 1;
+      if (!full(st)) {
         while (done_.load(std::memory_order_acquire) < first) spin_pause();
         for (int q = 0; q < n; ++q) {
           const int part = (rank + q) % n;
@@ -187,12 +223,19 @@ class StageTeam {
   }
 
  private:
+  // Whether every part of the claimed stage `st` has been claimed.
+  bool full(int st) const {
+    const int n = stage_role(st, stages_) == kSplitStage ? parts_ : 1;
+    const uint32_t all = n == 32 ? ~0u : (1u << n) - 1;
+    return claimed_[st].bits.load(std::memory_order_relaxed) == all;
+  }
+
   struct alignas(64) Mask {
     std::atomic<uint32_t> bits{0};
   };
   const int stages_, parts_;
   std::unique_ptr<Mask[]> claimed_;
-  alignas(64) std::atomic<int> done_{0};  // parts done, over all stages
+  alignas(64) std::atomic<int> done_{0};  // claimed parts done, over all stages
   alignas(64) std::atomic<int> ranks_{0};
 };
 
@@ -361,48 +404,45 @@ int64_t now_ns() {
 
 // kLoneTileAuto's choice for a lone tile whose recent costs are `t`: a trial of each way first,
 // then the faster one, and a trial of the other every kLoneTileRetry so that a change (a core
-// freed, or taken by another process) is seen. A trial is kTrialCalls calls in a row and counts
-// its fastest, since its first call pays for the other way's start (the workers' creation or
-// their wake-up after a spell alone). Returns whether to share; *trial for a trial's call.
-bool lone_tile_shared(LoneTileTimes& t, int64_t now, bool* trial) {
-  *trial = t.trial_left.load(std::memory_order_relaxed) > 0;
-  if (*trial) return t.trial_shared.load(std::memory_order_relaxed);
+// freed, or taken by another process) is seen. Each way is judged by the median of a window of
+// its calls (a trial is one window): the first calls of a way pay for its start (the workers'
+// wake-up, the weights moving between the cores' caches), and a call now and then is slowed by
+// another tenant of the machine, neither of which a median takes for the way's cost. Returns
+// whether to share.
+bool lone_tile_shared(LoneTileTimes& t, int64_t now) {
+  if (t.trial.load(std::memory_order_relaxed)) return t.window_shared.load(std::memory_order_relaxed);
   const int64_t shared = t.shared_ns.load(std::memory_order_relaxed);
   const int64_t alone = t.alone_ns.load(std::memory_order_relaxed);
-  bool way;
-  if (shared == 0 || alone == 0) {
+  bool way = shared <= alone;
+  bool trial = true;
+  if (shared == 0 || alone == 0)
     way = shared == 0;
-  } else if (now - t.tried_at_ns.load(std::memory_order_relaxed) >= kLoneTileRetry) {
-    way = shared > alone;  // the slower one, again
-  } else {
-    return shared <= alone;
+  else if (now - t.tried_at_ns.load(std::memory_order_relaxed) >= kLoneTileRetry)
+    way = !way;  // the slower one, again
+  else
+    trial = false;
+  if (trial) t.tried_at_ns.store(now, std::memory_order_relaxed);
+  if (trial || way != t.window_shared.load(std::memory_order_relaxed)) {
+    t.window_shared.store(way, std::memory_order_relaxed);
+    t.filled.store(0, std::memory_order_relaxed);
+    t.trial.store(trial, std::memory_order_relaxed);
   }
-  t.tried_at_ns.store(now, std::memory_order_relaxed);
-  t.trial_shared.store(way, std::memory_order_relaxed);
-  t.trial_best.store(INT64_MAX, std::memory_order_relaxed);
-  t.trial_left.store(kTrialCalls, std::memory_order_relaxed);
-  *trial = true;
   return way;
 }
 
-// A call's cost: a trial's fastest call sets the way's mean (its first) or counts for half,
-// an ordinary call for an eighth of the running mean, and for at most twice the mean, so one
-// outlier (the workers' wake-up after a pause) does not turn the choice, while a lasting
-// slowdown (the other cores taken) still doubles the mean within a few calls.
-void lone_tile_record(LoneTileTimes& t, bool shared, int64_t ns, bool trial) {
-  std::atomic<int64_t>& mean = shared ? t.shared_ns : t.alone_ns;
-  ns = std::max<int64_t>(ns, 1);
-  if (trial) {
-    if (ns < t.trial_best.load(std::memory_order_relaxed))
-      t.trial_best.store(ns, std::memory_order_relaxed);
-    if (t.trial_left.fetch_sub(1, std::memory_order_relaxed) != 1) return;
-    ns = t.trial_best.load(std::memory_order_relaxed);
-    const int64_t old = mean.load(std::memory_order_relaxed);
-    mean.store(old == 0 ? ns : (old + ns) / 2, std::memory_order_relaxed);
-    return;
-  }
-  const int64_t old = mean.load(std::memory_order_relaxed);
-  mean.store(old + (std::min(ns, 2 * old) - old) / 8, std::memory_order_relaxed);
+// A call's cost, into the window of its way; a full window sets the way's cost to its median.
+void lone_tile_record(LoneTileTimes& t, bool shared, int64_t ns) {
+  if (shared != t.window_shared.load(std::memory_order_relaxed)) return;  // another thread's
+  const int i = t.filled.fetch_add(1, std::memory_order_relaxed);
+  if (i >= LoneTileTimes::kWindow) return;
+  t.window[i].store(std::max<int64_t>(ns, 1), std::memory_order_relaxed);
+  if (i != LoneTileTimes::kWindow - 1) return;
+  int64_t v[LoneTileTimes::kWindow];
+  for (int j = 0; j < LoneTileTimes::kWindow; ++j) v[j] = t.window[j].load(std::memory_order_relaxed);
+  std::nth_element(v, v + LoneTileTimes::kWindow / 2, v + LoneTileTimes::kWindow);
+  (shared ? t.shared_ns : t.alone_ns).store(v[LoneTileTimes::kWindow / 2], std::memory_order_relaxed);
+  t.trial.store(false, std::memory_order_relaxed);
+  t.filled.store(0, std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -423,16 +463,17 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
   ThreadPool& pool = ThreadPool::instance();
   const int parts = std::min({pool.num_threads(), spec.hidden / kTeamShare, kTeamMax});
   const int how = lone_tile_how.load(std::memory_order_relaxed);
-  if (tiles == 1 && parts > 1 && how != kLoneTileAlone) {
+  const auto slot_bytes = static_cast<int64_t>(spec.steps) * spec.rows_total * spec.hidden * 4;
+  if (tiles == 1 && parts > 1 && how != kLoneTileAlone && slot_bytes <= kTeamSlotBytes) {
     const auto rows = static_cast<int>(spec.rows_total);
     LoneTileTimes& times = pack.lone_tile[rows - 1];
     const int64_t start = now_ns();
-    bool trial = false;
-    const bool shared = how == kLoneTileShared || lone_tile_shared(times, start, &trial);
+    const bool shared = how == kLoneTileShared || lone_tile_shared(times, start);
     Scratch& scratch = own_scratch(spec.m, spec.hidden);  // the caller's, for every member
     int64_t invalid = 0;
     if (shared) {
       // One tile (B <= kTile, a decision's latency): its layers' columns shared by the pool.
+      scratch.ensure_step_slots(spec.steps, rows, spec.hidden, pack.precision == kBf16);
       StageTeam team(stage_count(spec.steps), parts);
       std::atomic<int64_t> bad_rows{0};
       pool.share([&] {
@@ -454,7 +495,7 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
       invalid = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power, noise, seed,
                             mode, power, scratch, scratch, nullptr, 0);
     }
-    if (how == kLoneTileAuto) lone_tile_record(times, shared, now_ns() - start, trial);
+    if (how == kLoneTileAuto) lone_tile_record(times, shared, now_ns() - start);
     return invalid;
   }
   std::atomic<int64_t> invalid{0};

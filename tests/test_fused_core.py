@@ -4,8 +4,9 @@ step update itself is checked through the samplers against the PyTorch reference
 
 import numpy as np
 import pytest
+from models import make_gdm
 
-from aigxctl import core, fused
+from aigxctl import _core, core, fused
 from aigxctl.diffusion import ALLOC_MAPS, STEP_CONSTANTS, Schedule, to_allocation
 
 BETAS = 1.0 - np.exp(-0.1 / 6 - 0.5 * 9.9 * (2 * np.arange(1, 7) - 1) / 36)  # VP, T = 6
@@ -103,3 +104,19 @@ def test_pack_layout_is_contiguous_and_padded():
     offsets = sorted(v for k, v in layout.items() if k not in ("total", "m_pad"))
     assert offsets[0] == 0 and layout["total"] > offsets[-1]
     assert layout["consts"] + 6 * 9 == layout["total"]
+
+
+def test_core_gives_float64_allocations_and_takes_p_as_a_float_or_rows():
+    # The allocate path asks the core for float64 (no NumPy conversion per decision) and hands
+    # it one P as a Python float: the same allocations as float32 out and P as an array.
+    sampler = make_gdm(20, 64, 3, "eps", seed=9).fused_sampler()
+    pack = sampler.cpu_pack()
+    gains = np.random.default_rng(5).uniform(0.5, 8, (37, 20))
+    rows_p = np.random.default_rng(6).uniform(0.1, 2.0, 37)
+    for p, as_array in ((0.7, np.array([0.7])), (rows_p, rows_p)):
+        f32 = core.fused_sample(pack, 0, gains, as_array, None, 3, 1)
+        f64 = core.fused_sample(pack, 0, gains, p, None, 3, 1, float64=True)
+        assert f32.dtype == np.float32 and f64.dtype == np.float64
+        np.testing.assert_array_equal(f64, f32.astype(np.float64))
+    with pytest.raises(ValueError, match="1 or rows values"):
+        _core.fused_sample(pack, 0, gains.astype(np.float32), np.ones(3), None, 3, 1, 0, True)

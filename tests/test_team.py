@@ -57,6 +57,21 @@ def test_a_shared_tile_equals_one_thread(hidden, precision, restore_threads):
             np.testing.assert_array_equal(shared, alone)
 
 
+# A team keeps one second-layer slot per step: 1 step (the output layer only the last's), 40,
+# and 80 steps of 16 rows (past the slots' 1 MB: run alone even when sharing is asked for).
+@pytest.mark.parametrize("steps", [1, 40, 80])
+def test_a_shared_tile_of_any_length_equals_one_thread(steps, restore_threads):
+    sampler = make_gdm(20, 256, steps, "x0", seed=8).fused_sampler()
+    rng = np.random.default_rng(steps)
+    gains = rng.uniform(0.5, 8, (16, 20))
+    for rows in (1, 16):
+        for mode in ("ddim", "ancestral"):
+            alone = sample(sampler, gains[:rows], 1, mode=mode, seed=5)
+            for threads in (2, 3):
+                shared = sample(sampler, gains[:rows], threads, mode=mode, seed=5)
+                np.testing.assert_array_equal(shared, alone, err_msg=f"{rows} {mode} {threads}")
+
+
 def test_a_worker_that_wakes_late_joins_what_is_left(restore_threads):
     # After a pause the pool's workers sleep, so the caller starts the tile alone and a worker
     # joins mid-way (or not at all): the result cannot depend on when it came.

@@ -516,10 +516,12 @@ def fused_sample(
     seed: int,
     mode: int,
     alloc_map: int = 0,
+    float64: bool = False,
 ) -> np.ndarray:
     """CPU fused reverse diffusion over a :func:`cpu_pack`: raw gains ``[B, M]`` -> allocations
-    float32 ``[B, M]`` (each row sums to its P). ``noise`` is ``[T+1, B, M]``, or None to draw
-    Philox normals from ``seed`` (the same numbers the CUDA kernel draws). The gains (float32,
+    float32 ``[B, M]`` (float64 with ``float64``; each row sums to its P). ``noise`` is
+    ``[T+1, B, M]``, or None to draw Philox normals from ``seed`` (the same numbers the CUDA
+    kernel draws). The gains (float32,
     or float64 checked before rounding) are validated by the core as it goes, InvalidGains
     naming the first bad one, so callers need not check them first: at B = 1 a check costs as
     much as the rest of the Python path. ``alloc_map`` is the index of the allocation map in
@@ -531,9 +533,8 @@ def fused_sample(
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
     p = power_budget(total_power, g.shape[0])
-    p = np.array((p,)) if isinstance(p, float) else p  # one P for all rows: [1]
     z = None if noise is None else np.ascontiguousarray(noise, dtype=np.float32)
-    power, invalid = _core.fused_sample(pack, pred, g, p, z, int(seed), mode, alloc_map)
+    power, invalid = _core.fused_sample(pack, pred, g, p, z, int(seed), mode, alloc_map, float64)
     if invalid:  # the core counts (and NaNs) the rows with an invalid gain
         _refuse_fused_gains(g)
     return power

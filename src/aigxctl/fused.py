@@ -167,10 +167,12 @@ class FusedSampler:
         noise: Any = None,
         seed: int = 0,
         precision: str = "f32",
+        float64: bool = False,
     ) -> Any:
         """Allocations ``[B, M]`` for raw gains ``[B, M]`` (NumPy or torch; CUDA tensors run on
-        the GPU). ``noise`` is ``[T+1, B, M]`` (start sample, then one slot per step); without it
-        the core draws Philox normals from ``seed``, the same normals on the CPU and the GPU.
+        the GPU), float32, or float64 with ``float64`` on the CPU. ``noise`` is ``[T+1, B, M]``
+        (start sample, then one slot per step); without it the core draws Philox normals from
+        ``seed``, the same normals on the CPU and the GPU.
         The CPU and the GPU run the same math (aigx_hd.h), equal within 1e-5, not bit for bit:
         their exp and Mish differ in the last bits. ``precision`` "bf16" (CPU only) rounds the
         weights and activations of the matrix products to bfloat16."""
@@ -192,7 +194,7 @@ class FusedSampler:
             noise = noise.detach().cpu().numpy()
         power = core.fused_sample(
             self.cpu_pack(precision), PRED_CODES[self.pred], g, total_power, noise, seed,
-            MODE_CODES[mode], MAP_CODES[self.alloc_map],
+            MODE_CODES[mode], MAP_CODES[self.alloc_map], float64,
         )  # fmt: skip
         if core.is_torch(gains):
             import torch

@@ -282,7 +282,9 @@ class GDM:
     ) -> Any:
         """Allocations for the rows ``gk`` with the backend ``which`` (same kind of array out)."""
         if which == "fused":
-            return self.fused_sampler().sample(gk, pk, mode=mode, seed=seed, precision=precision)
+            return self.fused_sampler().sample(
+                gk, pk, mode=mode, seed=seed, precision=precision, float64=True
+            )
         return self.sample_torch(gk, pk, torch.from_numpy(self.noise_for(seed, len(gk))), mode)
 
     def noise_for(self, seed: int, rows: int) -> np.ndarray:
@@ -339,7 +341,8 @@ class GDM:
             pk = np.tile(pk, k)
         # K candidates per row: repeat the batch K times, pick the best per row.
         gk = np.tile(g, (k, 1)) if k > 1 else g
-        out = np.asarray(self._sample(which, gk, pk, mode, seed, precision), dtype=np.float64)
+        out = self._sample(which, gk, pk, mode, seed, precision)
+        out = out if out.dtype == np.float64 else out.astype(np.float64)
         if k > 1:
             rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
             best = rates.argmax(axis=0)
