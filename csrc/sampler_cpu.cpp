@@ -46,7 +46,11 @@ constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (Stag
 constexpr int64_t kTeamSlotBytes = 1 << 20;
 // How often kLoneTileAuto tries the way it found slower (ns): rarely enough that a slow try
 // costs nothing in the mean, often enough to follow a machine whose other work comes and goes.
-constexpr int64_t kLoneTileRetry = 50'000'000;
+constexpr int64_t kLoneTileRetry = 100'000'000;
+// Calls after a switch of way that are not counted (~1 ms of them at B = 1: the worker's
+// 200 us of spinning after its last job, then the host's own wait before it gives an idle vCPU
+// away).
+constexpr int kSwitchCalls = 32;
 
 static_assert(sizeof(CpuPack::lone_tile) / sizeof(LoneTileTimes) >= kTile,
               "a lone tile's costs are kept for every row count of a tile");
@@ -405,10 +409,12 @@ int64_t now_ns() {
 // kLoneTileAuto's choice for a lone tile whose recent costs are `t`: a trial of each way first,
 // then the faster one, and a trial of the other every kLoneTileRetry so that a change (a core
 // freed, or taken by another process) is seen. Each way is judged by the median of a window of
-// its calls (a trial is one window): the first calls of a way pay for its start (the workers'
-// wake-up, the weights moving between the cores' caches), and a call now and then is slowed by
-// another tenant of the machine, neither of which a median takes for the way's cost. Returns
-// whether to share.
+// its calls (a trial is one window), past the first kSwitchCalls after a switch: those pay for
+// the other way's end or this one's start (the workers' wake-up, the weights moving between the
+// cores' caches), and on a VM a core the pool just left idle runs at its full speed for a while
+// (one alone ran at 28 us per decision there, then 40 once its idle neighbour was given away),
+// and a call now and then is slowed by another tenant, none of which is the way's cost.
+// Returns whether to share.
 bool lone_tile_shared(LoneTileTimes& t, int64_t now) {
   if (t.trial.load(std::memory_order_relaxed)) return t.window_shared.load(std::memory_order_relaxed);
   const int64_t shared = t.shared_ns.load(std::memory_order_relaxed);
@@ -424,7 +430,7 @@ bool lone_tile_shared(LoneTileTimes& t, int64_t now) {
   if (trial) t.tried_at_ns.store(now, std::memory_order_relaxed);
   if (trial || way != t.window_shared.load(std::memory_order_relaxed)) {
     t.window_shared.store(way, std::memory_order_relaxed);
-    t.filled.store(0, std::memory_order_relaxed);
+    t.filled.store(-kSwitchCalls, std::memory_order_relaxed);
     t.trial.store(trial, std::memory_order_relaxed);
   }
   return way;
@@ -434,7 +440,7 @@ bool lone_tile_shared(LoneTileTimes& t, int64_t now) {
 void lone_tile_record(LoneTileTimes& t, bool shared, int64_t ns) {
   if (shared != t.window_shared.load(std::memory_order_relaxed)) return;  // another thread's
   const int i = t.filled.fetch_add(1, std::memory_order_relaxed);
-  if (i >= LoneTileTimes::kWindow) return;
+  if (i < 0 || i >= LoneTileTimes::kWindow) return;  // a switch's first calls; a full window
   t.window[i].store(std::max<int64_t>(ns, 1), std::memory_order_relaxed);
   if (i != LoneTileTimes::kWindow - 1) return;
   int64_t v[LoneTileTimes::kWindow];
