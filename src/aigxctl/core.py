@@ -132,7 +132,9 @@ def set_lone_tile(how: str) -> None:
     """``auto`` (the default): a lone tile's layers are shared by the pool's threads or run on
     the calling thread alone, whichever has been faster lately for that model and row count
     (sharing loses when another process holds the other cores); ``shared`` or ``alone`` force
-    one way, for measurements and tests. The allocations are the same either way."""
+    one way, for measurements and tests (a tile whose steps' second layers would take more than
+    1 MB, e.g. 80 steps of 16 rows of 256, always runs alone). The allocations are the same
+    either way."""
     if how not in LONE_TILE:
         raise UserError(f"lone tile must be one of {', '.join(LONE_TILE)}, got {how!r}")
     _core.set_lone_tile(LONE_TILE.index(how))
