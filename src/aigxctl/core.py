@@ -523,11 +523,10 @@ def fused_sample(
     """CPU fused reverse diffusion over a :func:`cpu_pack`: raw gains ``[B, M]`` -> allocations
     float32 ``[B, M]`` (float64 with ``float64``; each row sums to its P). ``noise`` is
     ``[T+1, B, M]``, or None to draw Philox normals from ``seed`` (the same numbers the CUDA
-    kernel draws). The gains (float32,
-    or float64 checked before rounding) are validated by the core as it goes, InvalidGains
-    naming the first bad one, so callers need not check them first: at B = 1 a check costs as
-    much as the rest of the Python path. ``alloc_map`` is the index of the allocation map in
-    ``settings.ALLOC_MAPS``."""
+    kernel draws). The gains (float32, or float64 checked before rounding) are validated by the
+    core as it goes, InvalidGains naming the first bad one, so callers need not check them
+    first: at B = 1 a check costs as much as the rest of the Python path. ``alloc_map`` is the
+    index of the allocation map in ``settings.ALLOC_MAPS``."""
     m = pack.m
     g = np.asarray(gains)
     if g.dtype not in (np.float32, np.float64) or not g.flags.c_contiguous:
