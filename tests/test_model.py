@@ -293,3 +293,24 @@ def test_a_decision_alone_equals_the_same_row_in_a_batch():
                     np.testing.assert_array_equal(alone, batch[r : r + 1])
     finally:
         core.set_isa(before)
+
+
+def test_gains_in_any_layout_give_the_same_allocations():
+    # The fast path for native float32 / float64 arrays must not be the only one that works:
+    # byte-swapped, strided, pickled and list gains, and one vector, allocate the same.
+    import pickle
+
+    model = make_gdm(20, 64, 3, "eps", seed=4)
+    gains = np.random.default_rng(8).uniform(0.5, 8, (5, 20)).astype(np.float32)
+    expected = model.allocate(gains, seed=3, backend="fused")
+    assert expected.dtype == np.float64
+    wide = np.zeros((5, 40), np.float32)
+    wide[:, ::2] = gains
+    for other in (
+        gains.astype(">f4"), wide[:, ::2], pickle.loads(pickle.dumps(gains)), gains.tolist(),
+        gains.astype(np.float64), torch.from_numpy(gains),
+    ):  # fmt: skip
+        got = model.allocate(other, seed=3, backend="fused")
+        np.testing.assert_array_equal(np.asarray(got, dtype=np.float64), expected)
+    row = model.allocate(gains[2:3], seed=3, backend="fused")[0]
+    np.testing.assert_array_equal(model.allocate(gains[2], seed=3, backend="fused"), row)

@@ -281,7 +281,7 @@ def _floats() -> tuple[Any, Any]:
 
 def _check_positive(name: str, value: float) -> float:
     value = float(value)
-    if not math.isfinite(value) or value <= 0:
+    if not 0.0 < value < math.inf:  # NaN fails too
         raise UserError(f"{name} must be a finite number > 0, got {value!r}")
     return value
 
@@ -509,6 +509,9 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def fused_sample(
     pack: Any,
     pred: int,
@@ -529,8 +532,10 @@ def fused_sample(
     index of the allocation map in ``settings.ALLOC_MAPS``."""
     m = pack.m
     g = np.asarray(gains)
-    if g.dtype not in (np.float32, np.float64) or not g.flags.c_contiguous:
-        g = np.ascontiguousarray(g, dtype=g.dtype if g.dtype == np.float32 else np.float64)
+    # `is` against the native descriptors: a tenth of `in (np.float32, np.float64)`'s cost at
+    # B = 1; any other descriptor (non-native byte order, ...) is converted below.
+    if (g.dtype is not _F32 and g.dtype is not _F64) or not g.flags.c_contiguous:
+        g = np.ascontiguousarray(g, dtype=np.float32 if g.dtype == np.float32 else np.float64)
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
     p = power_budget(total_power, g.shape[0])

@@ -178,7 +178,8 @@ class FusedSampler:
         weights and activations of the matrix products to bfloat16."""
         if mode not in MODE_CODES:
             raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {mode!r}")
-        if core.is_cuda_tensor(gains):
+        tensor_in = core.is_torch(gains)
+        if tensor_in and core.is_cuda_tensor(gains):
             import torch
 
             if precision != "f32":
@@ -189,14 +190,14 @@ class FusedSampler:
                 self._device_pack, self.m, self.hidden, self.steps, PRED_CODES[self.pred],
                 gains, total_power, noise, seed, MODE_CODES[mode], MAP_CODES[self.alloc_map],
             )  # fmt: skip
-        g = gains.detach().cpu().numpy() if core.is_torch(gains) else gains
-        if core.is_torch(noise):
+        g = gains.detach().cpu().numpy() if tensor_in else gains
+        if noise is not None and core.is_torch(noise):
             noise = noise.detach().cpu().numpy()
         power = core.fused_sample(
             self.cpu_pack(precision), PRED_CODES[self.pred], g, total_power, noise, seed,
             MODE_CODES[mode], MAP_CODES[self.alloc_map], float64,
         )  # fmt: skip
-        if core.is_torch(gains):
+        if tensor_in:
             import torch
 
             return torch.from_numpy(power).to(gains.device)

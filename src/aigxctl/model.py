@@ -98,7 +98,10 @@ def _as_gains(gains: Any, m: int, validate: bool = True) -> tuple[np.ndarray, bo
     """Gains as [B, M] NumPy and whether the input was one vector: float64 and validated, or,
     with ``validate`` false, float32 or float64 as given (the fused sampler takes both and
     validates in its own row loop)."""
-    g = gains.detach().cpu().numpy() if core.is_torch(gains) else np.asarray(gains)
+    if type(gains) is np.ndarray:  # the common case first: at B = 1 each test costs
+        g = gains
+    else:
+        g = gains.detach().cpu().numpy() if core.is_torch(gains) else np.asarray(gains)
     single = g.ndim == 1
     g = g.reshape(1, -1) if g.ndim < 2 else g  # np.atleast_2d: a micro-second more at B = 1
     if g.ndim != 2 or g.shape[1] != m:
@@ -337,12 +340,13 @@ class GDM:
         g, single = _as_gains(gains, self.m, validate=which != "fused")
         b = g.shape[0]
         pk = core.power_budget(budget, b)
-        if isinstance(pk, np.ndarray) and k > 1:
+        if k > 1 and isinstance(pk, np.ndarray):
             pk = np.tile(pk, k)
         # K candidates per row: repeat the batch K times, pick the best per row.
         gk = np.tile(g, (k, 1)) if k > 1 else g
         out = self._sample(which, gk, pk, mode, seed, precision)
-        out = out if out.dtype == np.float64 else out.astype(np.float64)
+        if which != "fused":  # the fused sampler hands back float64 already
+            out = out.astype(np.float64)
         if k > 1:
             rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
             best = rates.argmax(axis=0)
