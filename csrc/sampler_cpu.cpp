@@ -42,7 +42,7 @@ constexpr int kTile = 16;  // samples per task; activations of a tile stay in L1
 constexpr int kTeamShare = 64;
 constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (StageTeam)
 // A team keeps every step's second layer (StageTeam); a tile whose slots would take more runs
-// alone (1 MB: 1000 steps of one row of 256, or 64 steps of 16 rows).
+// alone (1 MB: 1000 steps of one row of 256, or 64 steps of 16 rows; twice that in bf16).
 constexpr int64_t kTeamSlotBytes = 1 << 20;
 // How often kLoneTileAuto tries the way it found slower (ns): rarely enough that a slow try
 // costs nothing in the mean, often enough to follow a machine whose other work comes and goes.
@@ -73,6 +73,15 @@ struct LineAligned {
   bool operator!=(const LineAligned&) const { return false; }
 };
 
+// The values of a team's second-layer slots (Scratch::a2s, or a2sb in bf16, whose rows are
+// pairs), and their bytes, which kTeamSlotBytes caps.
+inline int64_t step_slot_elems(int steps, int rows, int hidden, bool bf16) {
+  return static_cast<int64_t>(steps) * rows * (bf16 ? (hidden + 1) / 2 * 2 : hidden);
+}
+inline int64_t step_slot_bytes(int steps, int rows, int hidden, bool bf16) {
+  return step_slot_elems(steps, rows, hidden, bf16) * (bf16 ? 2 : 4);
+}
+
 // A tile's buffers. Run alone, a tile uses one thread's Scratch for everything. Shared by a
 // team (StageTeam), the caller's holds the tile's state that the members share (c, h, u, the
 // start noise x0 and every step's second layer in a2s / a2sb), and each member's own holds what
@@ -92,7 +101,7 @@ struct Scratch {
   }
   // A team's second layers: one slot of `rows` rows per step.
   void ensure_step_slots(int steps, int rows, int hidden, bool bf16) {
-    const size_t n = static_cast<size_t>(steps) * rows * (bf16 ? (hidden + 1) / 2 * 2 : hidden);
+    const auto n = static_cast<size_t>(step_slot_elems(steps, rows, hidden, bf16));
     if (bf16 && a2sb.size() < n) a2sb.assign(n, 0);
     if (!bf16 && a2s.size() < n) a2s.assign(n, 0.f);
   }
@@ -469,8 +478,10 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
   ThreadPool& pool = ThreadPool::instance();
   const int parts = std::min({pool.num_threads(), spec.hidden / kTeamShare, kTeamMax});
   const int how = lone_tile_how.load(std::memory_order_relaxed);
-  const auto slot_bytes = static_cast<int64_t>(spec.steps) * spec.rows_total * spec.hidden * 4;
-  if (tiles == 1 && parts > 1 && how != kLoneTileAlone && slot_bytes <= kTeamSlotBytes) {
+  const bool bf16 = pack.precision == kBf16;
+  if (tiles == 1 && parts > 1 && how != kLoneTileAlone &&
+      step_slot_bytes(spec.steps, static_cast<int>(spec.rows_total), spec.hidden, bf16) <=
+          kTeamSlotBytes) {
     const auto rows = static_cast<int>(spec.rows_total);
     LoneTileTimes& times = pack.lone_tile[rows - 1];
     const int64_t start = now_ns();
@@ -479,7 +490,7 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
     int64_t invalid = 0;
     if (shared) {
       // One tile (B <= kTile, a decision's latency): its layers' columns shared by the pool.
-      scratch.ensure_step_slots(spec.steps, rows, spec.hidden, pack.precision == kBf16);
+      scratch.ensure_step_slots(spec.steps, rows, spec.hidden, bf16);
       StageTeam team(stage_count(spec.steps), parts);
       std::atomic<int64_t> bad_rows{0};
       pool.share([&] {

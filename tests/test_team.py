@@ -58,17 +58,20 @@ def test_a_shared_tile_equals_one_thread(hidden, precision, restore_threads):
 
 
 # A team keeps one second-layer slot per step: 1 step (the output layer only the last's), 40,
-# and 80 steps of 16 rows (past the slots' 1 MB: run alone even when sharing is asked for).
-@pytest.mark.parametrize("steps", [1, 40, 80])
-def test_a_shared_tile_of_any_length_equals_one_thread(steps, restore_threads):
+# 80 and 160 steps of 16 rows (past the slots' 1 MB: 80 in f32, 160 in bf16, whose slots are
+# half the size: run alone even when sharing is asked for).
+@pytest.mark.parametrize("steps", [1, 40, 80, 160])
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_a_shared_tile_of_any_length_equals_one_thread(steps, precision, restore_threads):
     sampler = make_gdm(20, 256, steps, "x0", seed=8).fused_sampler()
     rng = np.random.default_rng(steps)
     gains = rng.uniform(0.5, 8, (16, 20))
     for rows in (1, 16):
         for mode in ("ddim", "ancestral"):
-            alone = sample(sampler, gains[:rows], 1, mode=mode, seed=5)
+            kw = dict(mode=mode, seed=5, precision=precision)
+            alone = sample(sampler, gains[:rows], 1, **kw)
             for threads in (2, 3):
-                shared = sample(sampler, gains[:rows], threads, mode=mode, seed=5)
+                shared = sample(sampler, gains[:rows], threads, **kw)
                 np.testing.assert_array_equal(shared, alone, err_msg=f"{rows} {mode} {threads}")
 
 
