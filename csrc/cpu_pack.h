@@ -5,7 +5,10 @@
 //   f32:  W[k, n] at rows of `ld` floats, ld = N rounded up to 16 plus 16, so that a row starts
 //         on a cache line and consecutive rows fall in different L1 sets (a stride of a multiple
 //         of 4 KiB / 4 maps a column slice onto 4 of the 64 sets, and the slice the micro-kernel
-//         reuses across a tile's rows would be evicted from L1 before its second use);
+//         reuses across a tile's rows would be evicted from L1 before its second use); the
+//         output layer's short rows hold just the columns the widest kernels of this CPU
+//         compute, ld = n (output_columns in sampler_cpu.cpp: 24 for M = 20 on AVX2, 32 on
+//         AVX-512), read whole;
 //   bf16: W rounded to bfloat16 and paired along K, W[2j, n] and W[2j + 1, n] side by side
 //         (the operand order of AVX-512 BF16's dot product), rows of `ld` pairs.
 #pragma once

@@ -150,6 +150,16 @@ struct Cols {
   int lo, hi, n;
 };
 
+// Floats per vector of each level's kernels (their kW, checked where each level is compiled).
+constexpr int kVectorFloats[] = {4, 8, 16};
+
+// The output layer's columns that a level's kernels compute: M in whole vectors of the level,
+// at most the pack's Mp (the columns past M are the padding's zeros).
+inline int output_columns(int m, int m_pad, int level) {
+  const int w = kVectorFloats[level];
+  return std::min(m_pad, (m + w - 1) / w * w);
+}
+
 // Share `part` of `parts` of n columns: whole blocks of 32 (a multiple of every level's vector
 // and of an AMX column block), the last share ending at n.
 inline Cols share_of(int n, int part, int parts) {
@@ -358,30 +368,34 @@ std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int
   const PackLayout& l = p->layout;
   p->pack.assign(pack, pack + l.total);
   int64_t size = 0;
-  auto place = [&](PackedMatrix& w, int k, int n) {
+  auto place = [&](PackedMatrix& w, int k, int n, int ld) {
     w.k = k;
     w.n = n;
-    w.ld = (n + 15) / 16 * 16 + 16;
+    w.ld = ld;
     w.offset = size;
     size += static_cast<int64_t>(k) * w.ld;
   };
-  place(p->w_c1, m, hidden);
-  place(p->w_cc, hidden, hidden);
-  place(p->w_x, m, hidden);
-  place(p->w_2, hidden, hidden);
-  place(p->w_3, hidden, l.m_pad);
+  const auto padded = [](int n) { return (n + 15) / 16 * 16 + 16; };
+  place(p->w_c1, m, hidden, padded(hidden));
+  place(p->w_cc, hidden, hidden, padded(hidden));
+  place(p->w_x, m, hidden, padded(hidden));
+  place(p->w_2, hidden, hidden, padded(hidden));
+  // The output layer's rows hold just the columns the widest kernels here compute: a decision
+  // streams them from L2 every step, and AVX2's 24 columns of M = 20 took two cache lines of a
+  // padded row of 48 floats, 1.5 in a row of 24 (its rows are read whole, so no set padding).
+  const int out_cols = output_columns(m, l.m_pad, isa_supported());
+  place(p->w_3, hidden, out_cols, out_cols);
   p->weights = aligned_array<float>(size);
-  auto copy = [&](const PackedMatrix& w, int64_t from) {
+  auto copy = [&](const PackedMatrix& w, int64_t from, int from_ld) {
     for (int k = 0; k < w.k; ++k)
-      std::copy(pack + from + static_cast<int64_t>(k) * w.n,
-                pack + from + static_cast<int64_t>(k + 1) * w.n,
-                p->weights.get() + w.offset + static_cast<int64_t>(k) * w.ld);
+      std::copy_n(pack + from + static_cast<int64_t>(k) * from_ld, w.n,
+                  p->weights.get() + w.offset + static_cast<int64_t>(k) * w.ld);
   };
-  copy(p->w_c1, l.w_c1);
-  copy(p->w_cc, l.w_cc);
-  copy(p->w_x, l.w_x);
-  copy(p->w_2, l.w_2);
-  copy(p->w_3, l.w_3);
+  copy(p->w_c1, l.w_c1, hidden);
+  copy(p->w_cc, l.w_cc, hidden);
+  copy(p->w_x, l.w_x, hidden);
+  copy(p->w_2, l.w_2, hidden);
+  copy(p->w_3, l.w_3, l.m_pad);
   if (precision != kBf16) return p;
   // The layers that read a hidden layer, as bf16 pairs along K (an odd K's last pair padded
   // with a zero row).
