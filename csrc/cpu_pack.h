@@ -6,9 +6,9 @@
 //         on a cache line and consecutive rows fall in different L1 sets (a stride of a multiple
 //         of 4 KiB / 4 maps a column slice onto 4 of the 64 sets, and the slice the micro-kernel
 //         reuses across a tile's rows would be evicted from L1 before its second use); the
-//         output layer's short rows hold just the columns the widest kernels of this CPU
-//         compute, ld = n (output_columns in sampler_cpu.cpp: 24 for M = 20 on AVX2, 32 on
-//         AVX-512), read whole;
+//         output layer holds just the columns the widest kernels of this CPU compute
+//         (output_columns in sampler_cpu.cpp), in rows of ld = n where they end mid-line (24
+//         for M = 20 on AVX2), padded as above where they do not (32 on AVX-512);
 //   bf16: W rounded to bfloat16 and paired along K, W[2j, n] and W[2j + 1, n] side by side
 //         (the operand order of AVX-512 BF16's dot product), rows of `ld` pairs.
 #pragma once

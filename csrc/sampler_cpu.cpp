@@ -380,11 +380,12 @@ std::shared_ptr<CpuPack> make_cpu_pack(const float* pack, int m, int hidden, int
   place(p->w_cc, hidden, hidden, padded(hidden));
   place(p->w_x, m, hidden, padded(hidden));
   place(p->w_2, hidden, hidden, padded(hidden));
-  // The output layer's rows hold just the columns the widest kernels here compute: a decision
-  // streams them from L2 every step, and AVX2's 24 columns of M = 20 took two cache lines of a
-  // padded row of 48 floats, 1.5 in a row of 24 (its rows are read whole, so no set padding).
+  // The output layer's rows, where the columns the widest kernels here compute end mid-line,
+  // hold just those: a decision streams them from L2 every step, and AVX2's 24 columns of
+  // M = 20 took two cache lines of a padded row of 48 floats, 1.5 in a row of 24 (a stride that
+  // is no whole number of lines cannot alias L1's sets). Whole lines keep the padding.
   const int out_cols = output_columns(m, l.m_pad, isa_supported());
-  place(p->w_3, hidden, out_cols, out_cols);
+  place(p->w_3, hidden, out_cols, out_cols % 16 == 0 ? padded(out_cols) : out_cols);
   p->weights = aligned_array<float>(size);
   auto copy = [&](const PackedMatrix& w, int64_t from, int from_ld) {
     for (int k = 0; k < w.k; ++k)

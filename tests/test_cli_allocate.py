@@ -316,3 +316,19 @@ def test_option_mistakes_get_one_line_and_exit_code_2(tmp_path, args, expected):
     assert res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "--help" in lines[0], res.stderr
+
+
+def test_the_equal_split_takes_any_gains_and_a_power_per_row():
+    import torch
+
+    from aigxctl import allocation
+    from aigxctl.errors import UserError
+
+    rows_p = np.array([0.2, 1.0])
+    for gains in ([[1.0, 2.0, 3.0], [0.5, 0.0, 4.0]], torch.ones(2, 3), np.ones((2, 3), int)):
+        result = allocation.allocate(gains, "equal", rows_p)
+        np.testing.assert_allclose(result.power, [[0.2 / 3] * 3, [1 / 3] * 3])
+    with pytest.raises(UserError, match="at least one dimension"):
+        allocation.allocate(np.array(1.0), "equal")
+    with pytest.raises(UserError, match="gains must be an array of numbers"):
+        allocation.allocate([[1.0, 2.0], [1.0]], "equal")

@@ -603,3 +603,33 @@ def test_json_output_has_no_infinity_or_nan(run):
         "method": "gdm", "total_power": None, "noise": 1.0, "allocations": [[None, 1.0]],
         "sum_rate": [None],
     }  # fmt: skip
+
+
+# --- a header says which column is which gain -------------------------------------------------
+
+
+def test_header_gain_columns_are_taken_by_their_numbers(tmp_path):
+    path = tmp_path / "swap.csv"
+    path.write_text("g2,sum_rate,g1\n1,0,100\n3,0,4\n")
+    np.testing.assert_array_equal(files.read_gains_csv(path), [[100, 1], [4, 3]])
+    res = allocation.run(path, "waterfill")
+    assert res.power[0, 0] > res.power[0, 1]  # the strong channel, g1, gets the power
+
+
+@pytest.mark.parametrize("header", ["g1,g1", "g1,g3", "g0,g1"])
+def test_header_gain_columns_must_be_g1_to_gm_once(tmp_path, header):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"{header}\n1,2\n")
+    with pytest.raises(UserError, match=r"bad\.csv: the header's gain columns must be g1\.\.g2"):
+        files.read_gains_csv(path)
+
+
+def test_a_gain_beyond_float32_is_named_in_the_file_for_a_model(run, tmp_path, monkeypatch):
+    # Water-filling takes it (float64); a model computes in float32, so the CLI names the cell.
+    path = tmp_path / "huge.csv"
+    path.write_text("1,2\n3,1e39\n")
+    assert run("allocate", "-g", str(path)).exit_code == 0
+    model = SimpleNamespace(m=2, total_power=0.2, noise=1.0)
+    monkeypatch.setattr(checkpoint, "load_model", lambda path, **_: model)
+    res = run("allocate", "-g", str(path), "-m", "gdm", "--model", "m")
+    one_line(res, "huge.csv: row 2, column 2: 1e+39", "float32")

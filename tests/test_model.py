@@ -252,7 +252,8 @@ def test_config_with_bad_values_is_damaged(tmp_path: Path, change):
 
 # The fused path leaves the gains' validation to the core's row loop (no Python pass over them
 # at B = 1): it must still refuse every gain the torch path refuses, naming where it is, float64
-# values that round to a valid float32 (a tiny negative) or overflow it included.
+# values that round to a valid float32 (a tiny negative) or overflow it included (both paths
+# compute in float32: the torch path once gave such a row the equal split).
 @pytest.mark.parametrize(
     ("value", "reason"),
     [(np.nan, "finite"), (np.inf, "finite"), (-2.0, ">= 0"), (-1e-300, ">= 0"),
@@ -263,8 +264,6 @@ def test_config_with_bad_values_is_damaged(tmp_path: Path, change):
 def test_allocate_refuses_invalid_gains_on_every_backend(value, reason, dtype, backend):
     if dtype == np.float32 and value in (-1e-300, 1e39):
         pytest.skip("not a float32 value")
-    if backend == "torch" and value == 1e39:
-        pytest.skip("finite in float64: the torch path takes it")
     model = make_gdm()
     gains = np.ones((40, 20), dtype=dtype)  # three tiles: the bad row is in the second
     gains[21, 5] = value
@@ -314,3 +313,67 @@ def test_gains_in_any_layout_give_the_same_allocations():
         np.testing.assert_array_equal(np.asarray(got, dtype=np.float64), expected)
     row = model.allocate(gains[2:3], seed=3, backend="fused")[0]
     np.testing.assert_array_equal(model.allocate(gains[2], seed=3, backend="fused"), row)
+
+
+@pytest.mark.parametrize(
+    ("gains", "message"),
+    [
+        (np.ones((1, 5, 20)), r"must be \[B, 20\] or one vector of 20, got shape \[1, 5, 20\]"),
+        (np.array(5.0), r"got shape \[\]"),
+        ([[1.0] * 20, [1.0] * 19], "gains must be an array of numbers"),
+        ([["a"] * 20], "gains must be real numbers"),
+        (np.ones((2, 20), complex), "gains must be real numbers, got an array of complex128"),
+        (np.full((1, 20), 1e39), r"gains\[0, 0\] = 1e\+39: gains must be <= 3.4e38 \(float32\)"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["fused", "torch"])
+def test_gains_a_model_cannot_take_are_refused_in_one_line(gains, message, backend):
+    with pytest.raises(UserError, match=message):
+        make_gdm(20, 32, 2).allocate(gains, seed=1, backend=backend)
+
+
+@pytest.mark.parametrize(
+    ("p", "message"),
+    [
+        (1e300, "between 1e-30 and 1e\\+30 for a model"),
+        (1e-300, "between 1e-30 and 1e\\+30 for a model"),
+        (np.array([0.2, 1e31]), "got 1e\\+31"),
+        (True, "a number > 0, got True"),
+        (1 + 0j, "a number or an array of numbers"),
+        (np.float32(-1), "finite and > 0, got -1.0$"),
+    ],
+)
+def test_a_power_budget_a_model_cannot_reach_is_refused(p, message):
+    # In float32, a P of 1e300 made every power inf and one of 1e-300 every power 0.
+    gains = np.random.default_rng(1).uniform(1, 5, (2, 20))
+    for model in (make_gdm(20, 32, 2), MLPAllocator(Regressor(20, 16), np.zeros(20), np.ones(20),
+                                                      0.2, 1.0)):  # fmt: skip
+        with pytest.raises(UserError, match=message):
+            model.allocate(gains, p)
+
+
+def test_a_bfloat16_tensor_and_an_empty_batch_with_best_of_allocate():
+    model = make_gdm(20, 32, 2)
+    gains = np.random.default_rng(2).uniform(1, 5, (3, 20)).astype(np.float32)
+    as_bf16 = torch.from_numpy(gains).bfloat16()
+    got = model.allocate(as_bf16, seed=1)
+    expected = model.allocate(as_bf16.float().numpy(), seed=1)
+    assert got.dtype == torch.bfloat16
+    np.testing.assert_allclose(got.float().numpy(), expected, rtol=1e-2)
+    assert model.allocate(np.zeros((0, 20)), best_of=3, seed=1).shape == (0, 20)
+
+
+def test_best_of_ranks_the_candidates_at_the_noise_asked_for():
+    # The K candidates are ranked by their sum rate at sigma^2 = noise (the model's unless
+    # given): at another sigma^2 the best candidate is another one.
+    model = make_gdm(20, 64, 3, seed=5)
+    gains = np.random.default_rng(3).uniform(0.01, 20, (30, 20))
+    candidates = model.allocate(np.tile(gains, (6, 1)), seed=4, mode="ancestral")
+    picked = {}
+    for noise in (None, 0.001):
+        got = model.allocate(gains, seed=4, mode="ancestral", best_of=6, noise=noise)
+        rates = core.sum_rate(np.tile(gains, (6, 1)), candidates, noise or model.noise)
+        best = candidates.reshape(6, 30, 20)[rates.reshape(6, 30).argmax(0), np.arange(30)]
+        np.testing.assert_array_equal(got, best)
+        picked[noise] = got
+    assert not np.array_equal(picked[None], picked[0.001])

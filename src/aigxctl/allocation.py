@@ -44,9 +44,14 @@ class Allocation:
         return int((self.power.sum(axis=1) == 0).sum())
 
 
-def equal_split(gains: np.ndarray, total_power: float) -> np.ndarray:
-    """The paper's "average" baseline: P / M on every channel."""
-    return np.full(gains.shape, total_power / gains.shape[-1], dtype=gains.dtype)
+def equal_split(gains: np.ndarray, total_power: float | np.ndarray) -> np.ndarray:
+    """The paper's "average" baseline: P / M on every channel (P one for all rows, or one per
+    row of ``gains`` [..., M])."""
+    g = np.asarray(gains)
+    m = g.shape[-1]
+    p = core.power_rows(total_power, g.size // m if m else 0)
+    dtype = g.dtype if np.issubdtype(g.dtype, np.floating) else np.float64
+    return np.repeat(p / m, m).reshape(g.shape).astype(dtype, copy=False)
 
 
 def allocate(
@@ -67,12 +72,13 @@ def allocate(
     if method == "waterfill":
         power = core.waterfill(_on(gains, device), total_power, noise)
     elif method == "equal":
-        core.check_gains(np.asarray(gains).reshape(-1, gains.shape[-1]))
-        power = equal_split(gains, total_power)
+        g = core.as_host_gains(gains)
+        core.check_gains(g.reshape(-1, g.shape[-1]))
+        power = equal_split(g, total_power)
     elif method == "gdm":
         if model is None:
             raise UserError("--method gdm needs a model (from load_model)")
-        power = model.allocate(gains, total_power, **model_kwargs)
+        power = model.allocate(gains, total_power, noise=noise, **model_kwargs)
     else:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     power = power.cpu().numpy() if core.is_torch(power) else power
@@ -118,7 +124,7 @@ def run(
                          (model.total_power if model else DEFAULT_TOTAL_POWER))  # fmt: skip
     s2 = core.check_level("--noise", noise if noise is not None else
                           (model.noise if model else DEFAULT_NOISE))  # fmt: skip
-    gains = files.read_gains_csv(gains_source)
+    gains = files.read_gains_csv(gains_source, float32="the model" if model else None)
     if model is not None and gains.shape[1] != model.m:
         raise UserError(
             f"{files.source_name(gains_source)}: rows have {gains.shape[1]} gains but the model "

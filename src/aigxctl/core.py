@@ -298,22 +298,40 @@ def check_level(name: str, value: float) -> float:
     return float(value)
 
 
-def check_gains(gains: np.ndarray) -> None:
-    """Raise InvalidGains at the first NaN, infinite or negative entry of a 2-D array."""
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_gains(gains: np.ndarray, float32: str | None = None) -> None:
+    """Raise InvalidGains at the first NaN, infinite or negative entry of a 2-D array; with
+    ``float32`` (what computes in float32: "the model"), also at the first beyond float32's
+    range."""
     bad = ~np.isfinite(gains) | (gains < 0)
+    if float32 is not None:
+        with np.errstate(invalid="ignore"):
+            bad |= gains > _FLOAT32_MAX
     if not bad.any():
         return
     row, col = (int(i) for i in np.argwhere(bad)[0])
     value = float(gains[row, col])
-    reason = "gains must be finite" if not np.isfinite(value) else "gains must be >= 0"
+    if not np.isfinite(value):
+        reason = "gains must be finite"
+    elif value < 0:
+        reason = "gains must be >= 0"
+    else:
+        reason = f"gains must be <= 3.4e38 (float32) for {float32}"
     raise InvalidGains(row, col, value, reason)
 
 
 def _power_array(total_power: Any, rows: int, lead_shape: tuple[int, ...]) -> np.ndarray:
     """Total power as float64 [1] (one for all rows) or [rows] (one per row), validated."""
     if is_torch(total_power):
-        total_power = total_power.detach().cpu().numpy()
-    p = np.asarray(total_power, dtype=np.float64)
+        total_power = total_power.detach().cpu().double().numpy()
+    try:
+        p = np.asarray(total_power, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"total_power must be a number or an array of numbers, got {total_power!r}"
+        ) from None
     if p.ndim == 0 or p.size == 1:
         p = p.reshape(1)
     elif p.shape == lead_shape:
@@ -325,7 +343,8 @@ def _power_array(total_power: Any, rows: int, lead_shape: tuple[int, ...]) -> np
         )
     if not ((p > 0).all() and np.isfinite(p).all()):  # NaN fails the first test
         i = int(np.argmax(~np.isfinite(p) | ~(p > 0)))
-        raise UserError(f"total_power must be finite and > 0, got {p[i]!r} (row {i})")
+        where = f" (row {i})" if p.size > 1 else ""
+        raise UserError(f"total_power must be finite and > 0, got {float(p[i])!r}{where}")
     return p
 
 
@@ -334,6 +353,19 @@ def _check_shape(shape: tuple[int, ...]) -> None:
         raise UserError("gains must have at least one dimension (the channels)")
     if shape[-1] == 0:
         raise UserError("gains must have at least one channel")
+
+
+def as_host_gains(gains: Any) -> np.ndarray:
+    """Gains ``[..., M]`` of any kind (NumPy, a torch tensor anywhere, nested lists) as a NumPy
+    array on the host, its shape checked (not its values: :func:`check_gains`)."""
+    try:
+        g = gains.detach().cpu().double().numpy() if is_torch(gains) else np.asarray(gains)
+    except (TypeError, ValueError) as exc:  # ragged rows, objects NumPy cannot hold
+        raise UserError(f"gains must be an array of numbers: {exc}") from None
+    if g.dtype.kind not in "fiub":
+        raise UserError(f"gains must be real numbers, got an array of {g.dtype}")
+    _check_shape(g.shape)
+    return g
 
 
 def _as_rows(gains: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -484,6 +516,8 @@ def power_budget(total_power: Any, rows: int) -> float | np.ndarray:
     becomes float64 ``[rows]``."""
     if isinstance(total_power, (float, int)) and not isinstance(total_power, bool):
         return _check_positive("total_power", total_power)
+    if isinstance(total_power, (bool, np.bool_)):
+        raise UserError(f"total_power must be a number > 0, got {total_power!r}")
     p = _power_array(total_power, rows, (rows,))
     return np.full(rows, p[0]) if p.size == 1 else p.copy()
 
@@ -549,17 +583,7 @@ def fused_sample(
 def _refuse_fused_gains(gains: np.ndarray) -> None:
     """Raise InvalidGains at the first gain the fused sampler refuses: NaN, infinite, negative,
     or (float64) finite but beyond float32's range."""
-    with np.errstate(invalid="ignore"):
-        too_big = gains > np.finfo(np.float32).max
-    row, col = (int(i) for i in np.argwhere(too_big | ~np.isfinite(gains) | (gains < 0))[0])
-    value = float(gains[row, col])
-    if not np.isfinite(value):
-        reason = "gains must be finite"
-    elif value < 0:
-        reason = "gains must be >= 0"
-    else:
-        reason = "gains must be <= 3.4e38 (float32) for the fused sampler"
-    raise InvalidGains(row, col, value, reason)
+    check_gains(gains, float32="the fused sampler")
 
 
 def fused_sample_cuda(

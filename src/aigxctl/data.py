@@ -543,11 +543,13 @@ def load(path: str | Path, *, check_optimal: bool = False) -> Dataset:
     return Dataset(gains, power, rate, meta, path)
 
 
-def read_gains(path: str | Path) -> np.ndarray:
+def read_gains(path: str | Path, float32: str | None = None) -> np.ndarray:
     """The gains [N, M] of a dataset: an .npz from collect, or a CSV (collect's, whose g1..gM
-    columns are taken, or a plain gains CSV), so either works wherever gains are evaluated."""
+    columns are taken, or a plain gains CSV), so either works wherever gains are evaluated.
+    ``float32``: what the gains are for, when it computes in float32 (a CSV's gains beyond its
+    range are refused with their row and column; :func:`aigxctl.files.read_gains_csv`)."""
     from aigxctl import files
 
     if Path(path).suffix.lower() == ".csv" or str(path) == "-":
-        return files.read_gains_csv(path)
+        return files.read_gains_csv(path, float32)
     return load(path).gains

@@ -149,7 +149,7 @@ def run(
         scenarios.check_draw_size(samples, s.m, "--samples")
     model = load_model(model_dir, device=dev)
     if data is not None:
-        gains, source = datasets.read_gains(data), str(data)
+        gains, source = datasets.read_gains(data, float32="the model"), str(data)
     else:
         gains = scenarios.draw(s, samples, seed)
         source = f"{s.name} ({samples:,} fresh draws, seed {seed})"

@@ -289,7 +289,8 @@ _LABEL = re.compile(r"(p(ower)?[ _]?\d+|sum[ _]rate)", re.IGNORECASE)
 
 def gain_columns(header: list[str] | None, width: int, name: str) -> list[int]:
     """The 0-based columns that hold gains: all of them without a header, else the ``g*``
-    columns; a header naming anything else is refused (it is not a gains file)."""
+    columns in the order of their numbers (g1 first, wherever it is); a header naming anything
+    else (it is not a gains file), or gains that are not g1..gM each once, is refused."""
     if header is None:
         return list(range(width))
     gains = [i for i, h in enumerate(header) if _GAIN.fullmatch(h)]
@@ -300,19 +301,26 @@ def gain_columns(header: list[str] | None, width: int, name: str) -> list[int]:
             f"{name}: the header names columns that are not gains ({listed}); a gains CSV "
             "has columns g1..gM (collect's p1..pM and sum_rate are skipped), or no header"
         )
-    return gains
+    numbers = [int(re.search(r"\d+", header[i]).group()) for i in gains]
+    if sorted(numbers) != list(range(1, len(gains) + 1)):
+        listed = ", ".join(header[i] for i in gains[:6]) + (", ..." if len(gains) > 6 else "")
+        raise UserError(
+            f"{name}: the header's gain columns must be g1..g{len(gains)}, each once; got {listed}"
+        )
+    return [i for _, i in sorted(zip(numbers, gains, strict=True))]
 
 
-def read_gains_csv(source: str | Path) -> np.ndarray:
+def read_gains_csv(source: str | Path, float32: str | None = None) -> np.ndarray:
     """Read a gains CSV (one instance per row, M columns, or collect's CSV, whose g1..gM
-    columns are taken) and check every gain is finite and >= 0, naming the file, row and
-    column of the first one that is not."""
+    columns are taken) and check every gain is finite and >= 0 (and within float32's range
+    for ``float32``, what computes in it: "the model"), naming the file, row and column of the
+    first one that is not."""
     name, data, lines, header = _read_csv(source, "gains")
     columns = gain_columns(header, data.shape[1], name)
-    if len(columns) != data.shape[1]:
+    if columns != list(range(data.shape[1])):
         data = np.ascontiguousarray(data[:, columns])
     try:
-        check_gains(data)
+        check_gains(data, float32)
     except InvalidGains as exc:
         raise UserError(
             f"{name}: row {lines[exc.row]}, column {columns[exc.column] + 1}: {exc.value!r} is "

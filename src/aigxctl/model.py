@@ -98,23 +98,55 @@ def _as_gains(gains: Any, m: int, validate: bool = True) -> tuple[np.ndarray, bo
     """Gains as [B, M] NumPy and whether the input was one vector: float64 and validated, or,
     with ``validate`` false, float32 or float64 as given (the fused sampler takes both and
     validates in its own row loop)."""
-    if type(gains) is np.ndarray:  # the common case first: at B = 1 each test costs
-        g = gains
-    else:
-        g = gains.detach().cpu().numpy() if core.is_torch(gains) else np.asarray(gains)
+    g = gains if type(gains) is np.ndarray else _numbers(gains)  # the common case first
+    if g.dtype.kind not in "fiub":
+        raise UserError(f"gains must be real numbers, got an array of {g.dtype}")
     single = g.ndim == 1
-    g = g.reshape(1, -1) if g.ndim < 2 else g  # np.atleast_2d: a micro-second more at B = 1
-    if g.ndim != 2 or g.shape[1] != m:
+    if not 1 <= g.ndim <= 2:
+        raise UserError(f"gains must be [B, {m}] or one vector of {m}, got shape {list(g.shape)}")
+    g = g.reshape(1, -1) if single else g  # np.atleast_2d: a micro-second more at B = 1
+    if g.shape[1] != m:
         raise UserError(
-            f"the model was trained for M = {m} channels, but the gains have "
-            f"{g.shape[-1] if g.ndim else 0} columns"
+            f"the model was trained for M = {m} channels, but the gains have {g.shape[1]} columns"
         )
     if validate:
         g = np.asarray(g, dtype=np.float64)
-        core.check_gains(g)
+        core.check_gains(g, float32="the model")
     elif g.dtype != np.float32:
         g = np.asarray(g, dtype=np.float64)
     return g, single
+
+
+def _numbers(gains: Any) -> np.ndarray:
+    """Gains that are not a NumPy array (a tensor, nested lists) as one."""
+    if core.is_torch(gains):
+        t = gains.detach().cpu()
+        # NumPy has no bfloat16: such tensors come up to float32, which holds them exactly.
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    try:
+        return np.asarray(gains)
+    except (TypeError, ValueError) as exc:  # ragged rows, objects NumPy cannot hold
+        raise UserError(f"gains must be an array of numbers [B, M]: {exc}") from None
+
+
+# A model computes its powers in float32: P beyond this range would overflow or underflow them.
+_MODEL_POWER_RANGE = (1e-30, 1e30)
+
+
+def _check_model_power(p: float | np.ndarray) -> None:
+    lo, hi = _MODEL_POWER_RANGE
+    if isinstance(p, float):
+        if lo <= p <= hi:
+            return
+        bad = p
+    elif p.size == 0 or (lo <= p.min() and p.max() <= hi):
+        return
+    else:
+        bad = float(p[np.argmax((p < lo) | (p > hi))])
+    raise UserError(
+        f"total_power must be between {lo:g} and {hi:g} for a model (it computes its powers in "
+        f"float32), got {bad!r}"
+    )
 
 
 def _check_seed(seed: Any) -> int:
@@ -147,11 +179,12 @@ def _gains_on(gains: Any, m: int, dev: torch.device) -> tuple[torch.Tensor, bool
     invalid, to name it) and whether the input was one vector."""
     g = torch.as_tensor(gains).detach()
     single = g.ndim == 1
+    if not 1 <= g.ndim <= 2:
+        raise UserError(f"gains must be [B, {m}] or one vector of {m}, got shape {list(g.shape)}")
     g = g.reshape(1, -1) if single else g
-    if g.ndim != 2 or g.shape[1] != m:
+    if g.shape[1] != m:
         raise UserError(
-            f"the model was trained for M = {m} channels, but the gains have "
-            f"{g.shape[-1] if g.ndim else 0} columns"
+            f"the model was trained for M = {m} channels, but the gains have {g.shape[1]} columns"
         )
     g = g.to(dev, torch.float64 if not g.dtype.is_floating_point else g.dtype)
     if not bool((torch.isfinite(g) & (g >= 0)).all()):
@@ -249,7 +282,7 @@ class GDM:
     def backend_for(self, backend: str = "auto") -> tuple[str, str]:
         """(backend that will run, why)."""
         if backend not in BACKENDS:
-            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+            raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "torch":
             return "torch", "asked for the plain PyTorch sampler"
         sampler = self.fused_sampler()
@@ -307,12 +340,14 @@ class GDM:
         seed: int | None = None,
         backend: str = "auto",
         precision: str = "f32",
+        noise: float | None = None,
     ) -> np.ndarray:
         """Powers ``[B, M]`` (or ``[M]`` for one vector) for gains ``[B, M]``: feasible, each row
         adds up to P (the model's own P unless ``total_power`` is given).
 
         ``mode`` ``ddim`` (deterministic, the default) or ``ancestral``; ``best_of`` K draws K
-        candidates per row and keeps the one with the highest sum rate; ``seed`` fixes the noise,
+        candidates per row and keeps the one with the highest sum rate at noise power ``noise``
+        (sigma^2, the model's unless given); ``seed`` fixes the noise,
         the same Philox normals on every backend (:meth:`noise_for`).
         A torch tensor in gives a tensor out (same device), NumPy gives NumPy. CUDA tensors, or
         any gains given to a model on a GPU (``load_model(dir, device="cuda")``), stay on the GPU
@@ -320,7 +355,7 @@ class GDM:
         for ``best_of``. ``precision`` ``bf16`` (fused CPU sampler only) runs the hidden layers'
         products in bfloat16 (``settings.PRECISIONS``).
         """
-        mode = mode or self.mode
+        mode = self.mode if mode is None else mode
         k = self.best_of if best_of is None else best_of
         if mode not in ("ddim", "ancestral"):
             raise UserError(f"mode must be ddim or ancestral, got {mode!r}")
@@ -328,18 +363,20 @@ class GDM:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         budget = self.total_power if total_power is None else total_power
         seed = _seeds.getrandbits(63) if seed is None else _check_seed(seed)
+        sigma2 = self.noise if noise is None else core.check_level("noise", noise)
         core.check_precision(precision)
         dev = _on_gpu(gains, self.weights_probe())
         if dev is not None:
             if precision != "f32":
                 raise UserError(f"precision {precision} runs on the CPU only, not on {dev}")
-            return self._allocate_on(dev, gains, budget, mode, int(k), seed, backend)
+            return self._allocate_on(dev, gains, budget, mode, int(k), seed, backend, sigma2)
         which, _ = self.backend_for(backend)
         if precision != "f32" and which != "fused":
             raise UserError(f"precision {precision} needs the fused sampler (backend {which})")
         g, single = _as_gains(gains, self.m, validate=which != "fused")
         b = g.shape[0]
         pk = core.power_budget(budget, b)
+        _check_model_power(pk)
         if k > 1 and isinstance(pk, np.ndarray):
             pk = np.tile(pk, k)
         # K candidates per row: repeat the batch K times, pick the best per row.
@@ -348,28 +385,29 @@ class GDM:
         if which != "fused":  # the fused sampler hands back float64 already
             out = out.astype(np.float64)
         if k > 1:
-            rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
+            rates = core.sum_rate(gk, out, sigma2).reshape(k, b)
             best = rates.argmax(axis=0)
-            out = out.reshape(k, b, -1)[best, np.arange(b)]
+            out = out.reshape(k, b, self.m)[best, np.arange(b)]
         return _like(gains, out[0] if single else out)
 
     def _allocate_on(
         self, dev: torch.device, gains: Any, budget: Any, mode: str, k: int, seed: int,
-        backend: str,
+        backend: str, sigma2: float,
     ) -> Any:  # fmt: skip
         """:meth:`allocate` on the GPU ``dev``: the same steps as the CPU path, on tensors."""
         g, single = _gains_on(gains, self.m, dev)
         b = g.shape[0]
         which, _ = self.backend_for(backend)
         pk = core.power_budget(budget, b)
+        _check_model_power(pk)
         if isinstance(pk, np.ndarray) and k > 1:
             pk = np.tile(pk, k)
         gk = g.repeat(k, 1) if k > 1 else g
         out = self._sample(which, gk, pk, mode, seed)
         if k > 1:
-            rates = core.sum_rate(gk, out, self.noise).reshape(k, b)
+            rates = core.sum_rate(gk, out, sigma2).reshape(k, b)
             best = rates.argmax(dim=0)
-            out = out.reshape(k, b, -1)[best, torch.arange(b, device=out.device)]
+            out = out.reshape(k, b, self.m)[best, torch.arange(b, device=out.device)]
         return _out_like(gains, out[0] if single else out)
 
 
@@ -422,10 +460,13 @@ class MLPAllocator:
         dev = _on_gpu(gains, next(self.net.parameters()))
         if dev is not None:  # tensors all the way (run where the network is)
             g, single = _gains_on(gains, self.m, dev)
-            p = self._forward(g.to(self.device), core.power_rows(budget, g.shape[0]))
+            p_rows = core.power_rows(budget, g.shape[0])
+            _check_model_power(p_rows)
+            p = self._forward(g.to(self.device), p_rows)
             return _out_like(gains, p[0] if single else p)
         g, single = _as_gains(gains, self.m)
         p_rows = core.power_rows(budget, g.shape[0])
+        _check_model_power(p_rows)
         gt = torch.as_tensor(g, dtype=torch.float32, device=self.device)
         out = self._forward(gt, p_rows).cpu().numpy().astype(np.float64)
         return _like(gains, out[0] if single else out)
