@@ -36,12 +36,15 @@ struct PackedMatrix {
 
 // What a lone tile of `rows` rows costs lately, shared by the pool's threads and on the calling
 // thread alone: the median of the last window of calls run each way (ns; 0 until measured), the
-// window being filled (calls of one way: the way in use, or a trial of the other) and when the
-// other way was last tried (lone_tile_shared in sampler_cpu.cpp). Relaxed atomics: calls from
+// window being filled (calls of one way: the way in use, or a trial of the other), when the
+// other way was last tried or left and how long to wait before trying it (lone_tile_shared in
+// sampler_cpu.cpp). Relaxed atomics: calls from
 // several threads at once may mix their times, which a heuristic can afford.
 struct LoneTileTimes {
   static constexpr int kWindow = 16;
   std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0};
+  static constexpr int64_t kLongestWaitNs = 100'000'000;  // kLoneTileRetry, explained there
+  std::atomic<int64_t> retry_ns{kLongestWaitNs};  // the wait before the next trial
   std::atomic<int64_t> window[kWindow]{};
   std::atomic<int> filled{0};
   std::atomic<bool> window_shared{false};  // the way the window's calls ran

@@ -44,9 +44,14 @@ constexpr int kTeamMax = 32;  // the parts of a stage are bits of one word (Stag
 // A team keeps every step's second layer (StageTeam); a tile whose slots would take more runs
 // alone (1 MB: 1000 steps of one row of 256, or 64 steps of 16 rows; twice that in bf16).
 constexpr int64_t kTeamSlotBytes = 1 << 20;
-// How often kLoneTileAuto tries the way it found slower (ns): rarely enough that a slow try
-// costs nothing in the mean, often enough to follow a machine whose other work comes and goes.
-constexpr int64_t kLoneTileRetry = 100'000'000;
+// How long kLoneTileAuto waits before it tries the way it found slower (ns): at most
+// kLoneTileRetry, rarely enough that a slow try costs nothing in the mean, often enough to follow
+// a machine whose other work comes and goes; kLoneTileRetrySoon after it left a way because
+// that way's last window was slower, which one busy moment on the other core can cause (a
+// window is ~16 calls, under a millisecond), so a way is not lost for the full wait by a
+// moment; each trial that loses doubles the wait, up to kLoneTileRetry.
+constexpr int64_t kLoneTileRetry = LoneTileTimes::kLongestWaitNs;
+constexpr int64_t kLoneTileRetrySoon = 10'000'000;
 // Calls after a switch of way that are not counted (~1 ms of them at B = 1: the worker's
 // 200 us of spinning after its last job, then the host's own wait before it gives an idle vCPU
 // away).
@@ -431,8 +436,8 @@ int64_t now_ns() {
 }
 
 // kLoneTileAuto's choice for a lone tile whose recent costs are `t`: a trial of each way first,
-// then the faster one, and a trial of the other every kLoneTileRetry so that a change (a core
-// freed, or taken by another process) is seen. Each way is judged by the median of a window of
+// then the faster one, and a trial of the other now and then (LoneTileTimes::retry_ns) so that
+// a change (a core freed, or taken by another process) is seen. Each way is judged by the median of a window of
 // its calls (a trial is one window), past the first kSwitchCalls after a switch: those pay for
 // the other way's end or this one's start (the workers' wake-up, the weights moving between the
 // cores' caches), and on a VM a core the pool just left idle runs at its full speed for a while
@@ -447,7 +452,8 @@ bool lone_tile_shared(LoneTileTimes& t, int64_t now) {
   bool trial = true;
   if (shared == 0 || alone == 0)
     way = shared == 0;
-  else if (now - t.tried_at_ns.load(std::memory_order_relaxed) >= kLoneTileRetry)
+  else if (now - t.tried_at_ns.load(std::memory_order_relaxed) >=
+           t.retry_ns.load(std::memory_order_relaxed))
     way = !way;  // the slower one, again
   else
     trial = false;
@@ -470,7 +476,20 @@ void lone_tile_record(LoneTileTimes& t, bool shared, int64_t ns) {
   int64_t v[LoneTileTimes::kWindow];
   for (int j = 0; j < LoneTileTimes::kWindow; ++j) v[j] = t.window[j].load(std::memory_order_relaxed);
   std::nth_element(v, v + LoneTileTimes::kWindow / 2, v + LoneTileTimes::kWindow);
-  (shared ? t.shared_ns : t.alone_ns).store(v[LoneTileTimes::kWindow / 2], std::memory_order_relaxed);
+  const int64_t median = v[LoneTileTimes::kWindow / 2];
+  (shared ? t.shared_ns : t.alone_ns).store(median, std::memory_order_relaxed);
+  const int64_t other = (shared ? t.alone_ns : t.shared_ns).load(std::memory_order_relaxed);
+  if (t.trial.load(std::memory_order_relaxed)) {
+    // A trial that won is taken up from the next call (the way left is tried again after the
+    // longest wait); one that lost is tried again twice as late.
+    const int64_t retry = t.retry_ns.load(std::memory_order_relaxed);
+    t.retry_ns.store(median <= other ? kLoneTileRetry : std::min(2 * retry, kLoneTileRetry),
+                     std::memory_order_relaxed);
+  } else if (median > other && other != 0) {
+    // The way in use has become the slower: it is left from the next call, and tried again soon.
+    t.retry_ns.store(kLoneTileRetrySoon, std::memory_order_relaxed);
+    t.tried_at_ns.store(now_ns(), std::memory_order_relaxed);
+  }
   t.trial.store(false, std::memory_order_relaxed);
   t.filled.store(0, std::memory_order_relaxed);
 }
