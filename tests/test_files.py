@@ -495,6 +495,11 @@ def test_dev_zero_is_refused_quickly():
         (b"1,2\n3,\xff\n", "not a text CSV file (line 2 is not UTF-8)"),
         (b"1,2\r3,4\n", "line 1: not a valid CSV row"),  # a lone CR ends no line
         (b'1,"' + b"9" * 200_000 + b'"\n', "line 1: not a valid CSV row (field larger"),
+        # An open quote is named where it opens, not where the reader gave up, nor read to the
+        # file's end as one field (a lone '"1,2' was taken for a header).
+        (b'1,2\n5,"6\n7,8\n9,10\n', "line 2: not a valid CSV row (unexpected end of data)"),
+        (b'"1,2\n', "line 1: not a valid CSV row (unexpected end of data)"),
+        (b'1,2\n5,"6\n7",8\n', "row 2: a quote opened on this line is not closed on it"),
     ],
 )
 def test_bad_csv_is_one_line(run, write, text, fragment):

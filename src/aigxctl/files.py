@@ -185,16 +185,22 @@ def _parse_csv(
     # every CSV read: a plain row of numbers is parsed and stored inline, no helper call per row.
     row_bytes = [0]
     text, delimiter = _delimited(_text_lines(f, name, row_bytes))
-    reader = csv.reader(text, delimiter=delimiter)
+    # strict: a quote left open at the end of the file is an error, not a field to the end.
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
     columns = _Columns(name)
     blocks: list[np.ndarray] = []
     block = np.empty((0, 0))
     filled = total = 0
     lines: array[int] = array("q")  # the file line of each row, for later messages
     width = None
+    line_no = 0
     try:
         for raw in reader:
             row_bytes[0] = 0
+            if reader.line_num > line_no + 1:  # a quoted field went on past its line
+                raise UserError(
+                    f"{name}: row {line_no + 1}: a quote opened on this line is not closed on it"
+                )
             line_no = reader.line_num
             values = None
             if len(raw) == width:
@@ -218,8 +224,8 @@ def _parse_csv(
             block[filled] = values
             filled += 1
             lines.append(line_no)
-    except csv.Error as exc:
-        raise UserError(f"{name}: line {reader.line_num}: not a valid CSV row ({exc})") from None
+    except csv.Error as exc:  # named at the line its row starts on (an open quote: the file's end)
+        raise UserError(f"{name}: line {line_no + 1}: not a valid CSV row ({exc})") from None
     if not lines:
         raise UserError(f"{name}: no rows of {what} (the file is empty or has only a header)")
     assert width is not None
