@@ -368,12 +368,25 @@ def test_best_of_ranks_the_candidates_at_the_noise_asked_for():
     # given): at another sigma^2 the best candidate is another one.
     model = make_gdm(20, 64, 3, seed=5)
     gains = np.random.default_rng(3).uniform(0.01, 20, (30, 20))
-    candidates = model.allocate(np.tile(gains, (6, 1)), seed=4, mode="ancestral")
+    tiled = np.repeat(gains, 6, axis=0)  # row r's candidates are rows 6r .. 6r + 5
+    candidates = model.allocate(tiled, seed=4, mode="ancestral")
     picked = {}
     for noise in (None, 0.001):
         got = model.allocate(gains, seed=4, mode="ancestral", best_of=6, noise=noise)
-        rates = core.sum_rate(np.tile(gains, (6, 1)), candidates, noise or model.noise)
-        best = candidates.reshape(6, 30, 20)[rates.reshape(6, 30).argmax(0), np.arange(30)]
+        rates = core.sum_rate(tiled, candidates, noise or model.noise)
+        best = candidates.reshape(30, 6, 20)[np.arange(30), rates.reshape(30, 6).argmax(1)]
         np.testing.assert_array_equal(got, best)
         picked[noise] = got
     assert not np.array_equal(picked[None], picked[0.001])
+
+
+def test_best_of_gives_a_row_the_same_candidates_in_any_batch():
+    # Row r's K candidates draw the noise of rows rK .. rK + K - 1: the first row of a batch
+    # gets what it gets alone, and every row what it gets in a batch of any size after it.
+    model = make_gdm(20, 64, 3, seed=6)
+    gains = np.random.default_rng(4).uniform(0.5, 8, (5, 20))
+    batch = model.allocate(gains, seed=2, mode="ancestral", best_of=4)
+    np.testing.assert_array_equal(model.allocate(gains[:1], seed=2, mode="ancestral", best_of=4),
+                                  batch[:1])  # fmt: skip
+    np.testing.assert_array_equal(model.allocate(gains[:3], seed=2, mode="ancestral", best_of=4),
+                                  batch[:3])  # fmt: skip

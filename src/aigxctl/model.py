@@ -378,16 +378,16 @@ class GDM:
         pk = core.power_budget(budget, b)
         _check_model_power(pk)
         if k > 1 and isinstance(pk, np.ndarray):
-            pk = np.tile(pk, k)
-        # K candidates per row: repeat the batch K times, pick the best per row.
-        gk = np.tile(g, (k, 1)) if k > 1 else g
+            pk = np.repeat(pk, k)
+        # K candidates per row, side by side (row r's are rows rK .. rK + K - 1, so they draw
+        # the same noise whatever the batch's size), then the best per row.
+        gk = np.repeat(g, k, axis=0) if k > 1 else g
         out = self._sample(which, gk, pk, mode, seed, precision)
         if which != "fused":  # the fused sampler hands back float64 already
             out = out.astype(np.float64)
         if k > 1:
-            rates = core.sum_rate(gk, out, sigma2).reshape(k, b)
-            best = rates.argmax(axis=0)
-            out = out.reshape(k, b, self.m)[best, np.arange(b)]
+            best = core.sum_rate(gk, out, sigma2).reshape(b, k).argmax(axis=1)
+            out = out.reshape(b, k, self.m)[np.arange(b), best]
         return _like(gains, out[0] if single else out)
 
     def _allocate_on(
@@ -401,13 +401,12 @@ class GDM:
         pk = core.power_budget(budget, b)
         _check_model_power(pk)
         if isinstance(pk, np.ndarray) and k > 1:
-            pk = np.tile(pk, k)
-        gk = g.repeat(k, 1) if k > 1 else g
+            pk = np.repeat(pk, k)
+        gk = g.repeat_interleave(k, dim=0) if k > 1 else g
         out = self._sample(which, gk, pk, mode, seed)
         if k > 1:
-            rates = core.sum_rate(gk, out, sigma2).reshape(k, b)
-            best = rates.argmax(dim=0)
-            out = out.reshape(k, b, self.m)[best, torch.arange(b, device=out.device)]
+            best = core.sum_rate(gk, out, sigma2).reshape(b, k).argmax(dim=1)
+            out = out.reshape(b, k, self.m)[torch.arange(b, device=out.device), best]
         return _out_like(gains, out[0] if single else out)
 
 
