@@ -187,8 +187,8 @@ def allocate(
     best_of: Annotated[
         int | None,
         typer.Option(
-            "--best-of", help="gdm: keep the best of K samples per row \\[default: the "
-            "model's, 1].", show_default=False,
+            "--best-of", help="gdm: keep the best of K samples per row, by their sum rate at "
+            "--noise \\[default: the model's, 1].", show_default=False,
         ),
     ] = None,
     seed: Annotated[
