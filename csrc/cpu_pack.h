@@ -38,8 +38,8 @@ struct PackedMatrix {
 // thread alone: the median of the last window of calls run each way (ns; 0 until measured), the
 // window being filled (calls of one way: the way in use, or a trial of the other), when the
 // other way was last tried or left and how long to wait before trying it (lone_tile_shared in
-// sampler_cpu.cpp). Relaxed atomics: calls from
-// several threads at once may mix their times, which a heuristic can afford.
+// sampler_cpu.cpp). Relaxed atomics: calls from several threads at once may mix their times,
+// which a heuristic can afford.
 struct LoneTileTimes {
   static constexpr int kWindow = 16;
   std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0};

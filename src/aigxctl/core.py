@@ -355,15 +355,23 @@ def _check_shape(shape: tuple[int, ...]) -> None:
         raise UserError("gains must have at least one channel")
 
 
-def as_host_gains(gains: Any) -> np.ndarray:
-    """Gains ``[..., M]`` of any kind (NumPy, a torch tensor anywhere, nested lists) as a NumPy
-    array on the host, its shape checked (not its values: :func:`check_gains`)."""
+def host_array(gains: Any) -> np.ndarray:
+    """Gains of any kind (NumPy, a torch tensor anywhere, nested lists) as a NumPy array of real
+    numbers on the host (a tensor as float64, which holds every float dtype of torch exactly,
+    bfloat16 included, that NumPy lacks); neither shape nor values checked."""
     try:
         g = gains.detach().cpu().double().numpy() if is_torch(gains) else np.asarray(gains)
     except (TypeError, ValueError) as exc:  # ragged rows, objects NumPy cannot hold
         raise UserError(f"gains must be an array of numbers: {exc}") from None
     if g.dtype.kind not in "fiub":
         raise UserError(f"gains must be real numbers, got an array of {g.dtype}")
+    return g
+
+
+def as_host_gains(gains: Any) -> np.ndarray:
+    """:func:`host_array` with the shape checked ``[..., M]``, M >= 1 (not the values:
+    :func:`check_gains`)."""
+    g = host_array(gains)
     _check_shape(g.shape)
     return g
 
@@ -575,15 +583,9 @@ def fused_sample(
     p = power_budget(total_power, g.shape[0])
     z = None if noise is None else np.ascontiguousarray(noise, dtype=np.float32)
     power, invalid = _core.fused_sample(pack, pred, g, p, z, int(seed), mode, alloc_map, float64)
-    if invalid:  # the core counts (and NaNs) the rows with an invalid gain
-        _refuse_fused_gains(g)
+    if invalid:  # the core counts (and NaNs) the rows with an invalid gain: name the first
+        check_gains(g, float32="the fused sampler")
     return power
-
-
-def _refuse_fused_gains(gains: np.ndarray) -> None:
-    """Raise InvalidGains at the first gain the fused sampler refuses: NaN, infinite, negative,
-    or (float64) finite but beyond float32's range."""
-    check_gains(gains, float32="the fused sampler")
 
 
 def fused_sample_cuda(
