@@ -81,37 +81,48 @@ void check_mode(int mode) {
   if (mode != aigx::kAncestral && mode != aigx::kDdim) throw std::invalid_argument("mode");
 }
 
-// Gains as the sampler's float32 rows. float32 gains are used as they are (the core validates
-// them row by row); float64 gains are converted here in one pass, and a value that is not in
-// [0, FLT_MAX] as a double (a negative too small to survive the rounding included) becomes
-// NaN, so the core flags its row and the caller names the original value.
-CArray<float> float_gains(const CArray<float>& gains) { return gains; }
-
-CArray<float> float_gains(const CArray<double>& gains) {
-  CArray<float> out({gains.shape(0), gains.shape(1)});
-  const double* g = gains.data();
-  float* f = out.mutable_data();
-  for (py::ssize_t i = 0; i < gains.size(); ++i)
-    f[i] = g[i] >= 0.0 && g[i] <= FLT_MAX ? static_cast<float>(g[i]) : NAN;
-  return out;
+// Gains as the sampler's float32 rows. Native float32 C-contiguous gains are used as they are
+// (the core validates them row by row); any other numbers are converted into `buffer` in one
+// pass through float64, and a value that is not in [0, FLT_MAX] as a double (a negative too
+// small to survive the rounding included) becomes NaN, so the core flags its row and the
+// caller names the original value. One binding for every dtype, read from the array:
+// overloads would cost a failed try per call at B = 1.
+const float* float_gains(const py::array& gains, std::vector<float>& buffer) {
+  using Float64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
+  const auto* d = py::detail::array_descriptor_proxy(gains.dtype().ptr());
+  constexpr char kNative = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
+  const bool native = d->byteorder == '=' || d->byteorder == '|' || d->byteorder == kNative;
+  const bool c_order = (gains.flags() & py::array::c_style) != 0;
+  const auto size = gains.itemsize();
+  if (d->kind == 'f' && size == 4 && native && c_order)
+    return static_cast<const float*>(gains.data());
+  const Float64 as_double = d->kind == 'f' && size == 8 && native && c_order
+                                ? py::reinterpret_borrow<Float64>(gains)
+                                : Float64::ensure(gains);
+  if (!as_double) throw py::error_already_set();
+  buffer.resize(static_cast<size_t>(as_double.size()));
+  const double* g = as_double.data();
+  for (size_t i = 0; i < buffer.size(); ++i)
+    buffer[i] = g[i] >= 0.0 && g[i] <= FLT_MAX ? static_cast<float>(g[i]) : NAN;
+  return buffer.data();
 }
 
 // total_power: one P for every row (a Python float: no array to build at B = 1) or float64
 // [1] or [rows]. With float64_out the allocations come back as float64 (converted here, where
 // it costs a loop, not a NumPy call, per decision).
-template <typename G>
 std::pair<py::array, int64_t> fused_sample(const aigx::CpuPack& pack, int pred,
-                                           CArray<G> gains_in,
+                                           const py::array& gains_in,
                                            std::variant<double, CArray<double>> total_power,
                                            std::optional<CArray<float>> noise, uint64_t seed,
                                            int mode, int alloc_map, bool float64_out) {
   require_2d(gains_in, "gains");
-  const CArray<float> gains = float_gains(gains_in);
+  std::vector<float> converted;
+  const float* gains = float_gains(gains_in, converted);
   check_mode(mode);
-  const int64_t rows = gains.shape(0);
+  const int64_t rows = gains_in.shape(0);
   const int m = pack.m, steps = pack.steps;
   const auto spec = make_spec(m, pack.hidden, steps, pred, rows, alloc_map);
-  if (gains.shape(1) != m) throw std::invalid_argument("gains must have M columns");
+  if (gains_in.shape(1) != m) throw std::invalid_argument("gains must have M columns");
   const auto* p_array = std::get_if<CArray<double>>(&total_power);
   const double* p = p_array != nullptr ? p_array->data() : &std::get<double>(total_power);
   const bool per_row = p_array != nullptr && p_array->size() != 1;
@@ -125,18 +136,27 @@ std::pair<py::array, int64_t> fused_sample(const aigx::CpuPack& pack, int pred,
     z = noise->data();
   }
   const std::vector<py::ssize_t> shape{rows, static_cast<py::ssize_t>(m)};
-  CArray<float> power(shape);
+  // float64 out: the sampler's float32 rows in a plain buffer, then one NumPy array.
+  std::optional<CArray<float>> power32;
   std::optional<CArray<double>> power64;
-  if (float64_out) power64.emplace(shape);
+  std::vector<float> staged;
+  float* out = nullptr;
+  if (float64_out) {
+    power64.emplace(shape);
+    staged.resize(static_cast<size_t>(rows) * m);
+    out = staged.data();
+  } else {
+    power32.emplace(shape);
+    out = power32->mutable_data();
+  }
   int64_t invalid = 0;
   {
     py::gil_scoped_release release;
-    invalid = aigx::fused_sample_cpu(spec, pack, gains.data(), p, per_row, z, seed, mode,
-                                     power.mutable_data());
-    if (power64) std::copy_n(power.data(), power.size(), power64->mutable_data());
+    invalid = aigx::fused_sample_cpu(spec, pack, gains, p, per_row, z, seed, mode, out);
+    if (power64) std::copy(staged.begin(), staged.end(), power64->mutable_data());
   }
   if (power64) return {std::move(*power64), invalid};
-  return {std::move(power), invalid};
+  return {std::move(*power32), invalid};
 }
 
 void check_dtype(int dtype) {
@@ -259,16 +279,13 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("hidden", &aigx::CpuPack::hidden)
       .def_readonly("steps", &aigx::CpuPack::steps)
       .def_readonly("precision", &aigx::CpuPack::precision);
-  // float32 gains first: overloads are tried in order, and B = 1 decisions come as float32.
-  m.def("fused_sample", &fused_sample<float>, py::arg("pack"), py::arg("pred"),
-        py::arg("gains"), py::arg("total_power"), py::arg("noise"), py::arg("seed"),
-        py::arg("mode"), py::arg("alloc_map") = 0, py::arg("float64_out") = false,
-        "Fused reverse diffusion on the CPU: raw gains [B, M] float32 or float64, total_power "
-        "a float or float64 [1] or [B] -> (allocations [B, M] float32, or float64 with "
-        "float64_out, the number of rows with an invalid gain, whose allocations are NaN).");
-  m.def("fused_sample", &fused_sample<double>, py::arg("pack"), py::arg("pred"),
-        py::arg("gains"), py::arg("total_power"), py::arg("noise"), py::arg("seed"),
-        py::arg("mode"), py::arg("alloc_map") = 0, py::arg("float64_out") = false);
+  m.def("fused_sample", &fused_sample, py::arg("pack"), py::arg("pred"), py::arg("gains"),
+        py::arg("total_power"), py::arg("noise"), py::arg("seed"), py::arg("mode"),
+        py::arg("alloc_map") = 0, py::arg("float64_out") = false,
+        "Fused reverse diffusion on the CPU: raw gains [B, M] (numbers; native C-contiguous "
+        "float32 are read in place), total_power a float or float64 [1] or [B] -> (allocations [B, M] "
+        "float32, or float64 with float64_out, the number of rows with an invalid gain, whose "
+        "allocations are NaN).");
   m.def(
       "fused_sample_cuda",
       [](int device, std::uintptr_t pack, int64_t pack_size, int m_, int hidden, int steps,

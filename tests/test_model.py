@@ -307,10 +307,17 @@ def test_gains_in_any_layout_give_the_same_allocations():
     wide[:, ::2] = gains
     for other in (
         gains.astype(">f4"), wide[:, ::2], pickle.loads(pickle.dumps(gains)), gains.tolist(),
-        gains.astype(np.float64), torch.from_numpy(gains),
+        gains.astype(np.float64), gains.astype(">f8"), np.asfortranarray(gains),
+        np.asfortranarray(gains.astype(np.float64)), torch.from_numpy(gains),
     ):  # fmt: skip
         got = model.allocate(other, seed=3, backend="fused")
         np.testing.assert_array_equal(np.asarray(got, dtype=np.float64), expected)
+    whole = np.rint(gains)  # integers and half floats are numbers too, converted by the core
+    for dtype in (np.int32, np.uint8, np.int64, np.float16):
+        np.testing.assert_array_equal(
+            model.allocate(whole.astype(dtype), seed=3, backend="fused"),
+            model.allocate(whole.astype(np.float64), seed=3, backend="fused"),
+        )
     row = model.allocate(gains[2:3], seed=3, backend="fused")[0]
     np.testing.assert_array_equal(model.allocate(gains[2], seed=3, backend="fused"), row)
 

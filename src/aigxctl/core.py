@@ -522,6 +522,8 @@ def power_budget(total_power: Any, rows: int) -> float | np.ndarray:
     """The power budget, validated (> 0, finite): a Python number stays a float (one P for all
     rows, without the array checks: at B = 1 they cost more than the decision), anything else
     becomes float64 ``[rows]``."""
+    if type(total_power) is float and 0.0 < total_power < math.inf:  # the common case, first
+        return total_power
     if isinstance(total_power, (float, int)) and not isinstance(total_power, bool):
         return _check_positive("total_power", total_power)
     if isinstance(total_power, (bool, np.bool_)):
@@ -551,9 +553,6 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
-
-
 def fused_sample(
     pack: Any,
     pred: int,
@@ -573,11 +572,9 @@ def fused_sample(
     first: at B = 1 a check costs as much as the rest of the Python path. ``alloc_map`` is the
     index of the allocation map in ``settings.ALLOC_MAPS``."""
     m = pack.m
-    g = np.asarray(gains)
-    # `is` against the native descriptors: a tenth of `in (np.float32, np.float64)`'s cost at
-    # B = 1; any other descriptor (non-native byte order, ...) is converted below.
-    if (g.dtype is not _F32 and g.dtype is not _F64) or not g.flags.c_contiguous:
-        g = np.ascontiguousarray(g, dtype=np.float32 if g.dtype == np.float32 else np.float64)
+    g = gains if type(gains) is np.ndarray else np.asarray(gains)
+    # Any dtype and layout: the core reads native C-contiguous float32 in place and converts
+    # the rest itself (at B = 1 a NumPy conversion here costs more than the check).
     if g.ndim != 2 or g.shape[1] != m:
         raise UserError(f"gains must have shape [B, {m}], got {list(g.shape)}")
     p = power_budget(total_power, g.shape[0])

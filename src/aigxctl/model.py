@@ -96,8 +96,8 @@ class Regressor(nn.Module):
 
 def _as_gains(gains: Any, m: int, validate: bool = True) -> tuple[np.ndarray, bool]:
     """Gains as [B, M] NumPy and whether the input was one vector: float64 and validated, or,
-    with ``validate`` false, float32 or float64 as given (the fused sampler takes both and
-    validates in its own row loop)."""
+    with ``validate`` false, numbers as given (the fused sampler converts and validates them in
+    its own row loop)."""
     # A NumPy array of numbers, the common case, is taken as it is (at B = 1 a call costs).
     ready = type(gains) is np.ndarray and gains.dtype.kind in "fiub"
     g = gains if ready else core.host_array(gains)
@@ -112,8 +112,6 @@ def _as_gains(gains: Any, m: int, validate: bool = True) -> tuple[np.ndarray, bo
     if validate:
         g = np.asarray(g, dtype=np.float64)
         core.check_gains(g, float32="the model")
-    elif g.dtype != np.float32:
-        g = np.asarray(g, dtype=np.float64)
     return g, single
 
 
@@ -140,6 +138,8 @@ def _check_model_power(p: float | np.ndarray) -> None:
 
 def _check_seed(seed: Any) -> int:
     """``seed`` as the core's Philox key: an integer >= 0 and < 2**64."""
+    if type(seed) is int and 0 <= seed < 2**64:  # the common case, first
+        return seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
         raise UserError(f"seed must be an integer >= 0 and < 2**64, got {seed!r}")
     return int(seed)
@@ -348,7 +348,9 @@ class GDM:
         k = self.best_of if best_of is None else best_of
         if mode not in ("ddim", "ancestral"):
             raise UserError(f"mode must be ddim or ancestral, got {mode!r}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_BEST_OF:
+        if type(k) is not int and (isinstance(k, bool) or not isinstance(k, (int, np.integer))):
+            raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
+        if not 1 <= k <= MAX_BEST_OF:
             raise UserError(f"best_of must be an integer >= 1 and <= {MAX_BEST_OF}, got {k!r}")
         budget = self.total_power if total_power is None else total_power
         seed = _seeds.getrandbits(63) if seed is None else _check_seed(seed)
