@@ -42,7 +42,7 @@ struct PackedMatrix {
 // which a heuristic can afford.
 struct LoneTileTimes {
   static constexpr int kWindow = 16;
-  std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0};
+  std::atomic<int64_t> shared_ns{0}, alone_ns{0}, tried_at_ns{0}, switched_at_ns{0};
   static constexpr int64_t kLongestWaitNs = 100'000'000;  // kLoneTileRetry, explained there
   std::atomic<int64_t> retry_ns{kLongestWaitNs};  // the wait before the next trial
   std::atomic<int64_t> window[kWindow]{};

@@ -52,10 +52,15 @@ constexpr int64_t kTeamSlotBytes = 1 << 20;
 // moment; each trial that loses doubles the wait, up to kLoneTileRetry.
 constexpr int64_t kLoneTileRetry = LoneTileTimes::kLongestWaitNs;
 constexpr int64_t kLoneTileRetrySoon = 10'000'000;
-// Calls after a switch of way that are not counted (~1 ms of them at B = 1: the worker's
-// 200 us of spinning after its last job, then the host's own wait before it gives an idle vCPU
-// away).
+// After a switch of way, calls are not counted until kSwitchCalls of them have run and
+// kSwitchNs has passed: they pay for the switch (the worker's 200 us of spinning after its last
+// job, the host's own wait before it gives an idle vCPU away, and, back to sharing, the time the
+// host takes to run a vCPU left idle at full speed again: on a 2-vCPU Zen 4 VM a decision
+// shared ran at 22 us for the first ~1.3 ms after a stretch alone, then at 15, so a trial
+// counted from the 33rd call (0.7 ms) judged sharing slower than one thread, at 21.5 us, and
+// 15 % of a steady loop's decisions ran alone).
 constexpr int kSwitchCalls = 32;
+constexpr int64_t kSwitchNs = 2'000'000;
 
 static_assert(sizeof(CpuPack::lone_tile) / sizeof(LoneTileTimes) >= kTile,
               "a lone tile's costs are kept for every row count of a tile");
@@ -438,7 +443,7 @@ int64_t now_ns() {
 // kLoneTileAuto's choice for a lone tile whose recent costs are `t`: a trial of each way first,
 // then the faster one, and a trial of the other now and then (LoneTileTimes::retry_ns) so that
 // a change (a core freed, or taken by another process) is seen. Each way is judged by the median of a window of
-// its calls (a trial is one window), past the first kSwitchCalls after a switch: those pay for
+// its calls (a trial is one window), past those just after a switch (kSwitchCalls): they pay for
 // the other way's end or this one's start (the workers' wake-up, the weights moving between the
 // cores' caches), and on a VM a core the pool just left idle runs at its full speed for a while
 // (one alone ran at 28 us per decision there, then 40 once its idle neighbour was given away),
@@ -461,14 +466,16 @@ bool lone_tile_shared(LoneTileTimes& t, int64_t now) {
   if (trial || way != t.window_shared.load(std::memory_order_relaxed)) {
     t.window_shared.store(way, std::memory_order_relaxed);
     t.filled.store(-kSwitchCalls, std::memory_order_relaxed);
+    t.switched_at_ns.store(now, std::memory_order_relaxed);
     t.trial.store(trial, std::memory_order_relaxed);
   }
   return way;
 }
 
 // A call's cost, into the window of its way; a full window sets the way's cost to its median.
-void lone_tile_record(LoneTileTimes& t, bool shared, int64_t ns) {
+void lone_tile_record(LoneTileTimes& t, bool shared, int64_t start, int64_t ns) {
   if (shared != t.window_shared.load(std::memory_order_relaxed)) return;  // another thread's
+  if (start - t.switched_at_ns.load(std::memory_order_relaxed) < kSwitchNs) return;
   const int i = t.filled.fetch_add(1, std::memory_order_relaxed);
   if (i < 0 || i >= LoneTileTimes::kWindow) return;  // a switch's first calls; a full window
   t.window[i].store(std::max<int64_t>(ns, 1), std::memory_order_relaxed);
@@ -546,7 +553,7 @@ int64_t fused_sample_cpu(const FusedSpec& spec, const CpuPack& pack, const float
       invalid = sample_tile(spec, pack, gains, 0, rows, total_power, per_row_power, noise, seed,
                             mode, power, scratch, scratch, nullptr, 0);
     }
-    if (how == kLoneTileAuto) lone_tile_record(times, shared, now_ns() - start);
+    if (how == kLoneTileAuto) lone_tile_record(times, shared, start, now_ns() - start);
     return invalid;
   }
   std::atomic<int64_t> invalid{0};
