@@ -567,8 +567,9 @@ def fused_sample(
     """CPU fused reverse diffusion over a :func:`cpu_pack`: raw gains ``[B, M]`` -> allocations
     float32 ``[B, M]`` (float64 with ``float64``; each row sums to its P). ``noise`` is
     ``[T+1, B, M]``, or None to draw Philox normals from ``seed`` (the same numbers the CUDA
-    kernel draws). The gains (float32, or float64 checked before rounding) are validated by the
-    core as it goes, InvalidGains naming the first bad one, so callers need not check them
+    kernel draws). The gains (any numbers and layout: native C-contiguous float32 are read in
+    place, the rest converted by the core, checked before rounding) are validated by the core
+    as it goes, InvalidGains naming the first bad one, so callers need not check them
     first: at B = 1 a check costs as much as the rest of the Python path. ``alloc_map`` is the
     index of the allocation map in ``settings.ALLOC_MAPS``."""
     m = pack.m
